@@ -1,0 +1,422 @@
+"""The bookkeeping of one partition of a pool, with no event loop in it.
+
+Invariants (checked after every step by ``tests/test_model.py``):
+
+1. An entry is *live* while it is in ``entries``. Eviction takes it out of
+   ``entries`` for good and sets ``live = False``: an evicted entry is never
+   handed out again, and a later acquire of its key creates a new entry.
+2. ``entry.refs >= 0``. A live entry has ``refs == 0`` exactly when it is in
+   ``idle``; ``referenced`` counts the live entries with ``refs > 0``.
+3. ``idle`` is in release order. Every entry of one ledger gets the same
+   ``ttl``, so idle deadlines never decrease from front to back: the front
+   is always the next entry to expire, and the least recently released.
+4. A key is in at most one of ``entries`` and ``creating``: a miss on a key
+   that is being created joins that creation instead of starting another.
+5. Every evicted entry is in ``finalizing`` until the driver reports its
+   finalizer done, exactly once, with :meth:`Ledger.finalized`.
+6. ``timer_deadline`` is the deadline the driver has a timer armed for, or
+   ``None`` when none is armed. At most one timer per ledger.
+
+How it works. The driver asks questions and the ledger answers with
+decisions; the driver carries them out (runs the factory or the finalizer,
+arms the timer). Time is an argument (``now``), so a test can drive the
+ledger through any interleaving with a manual clock.
+
+- ``hit(key)``: the entry, with one more reference, or ``None`` for a miss.
+  A hit takes the entry out of ``idle`` (an O(1) dict delete) and never
+  touches the timer: a timer that fires for an entry no longer idle finds
+  nothing expired and re-arms for the new front.
+- ``begin``/``join``/``withdraw``/``created``/``failed``: the life of one
+  creation. Waiters are counted; when the factory returns, the entry starts
+  with one reference per waiter still waiting.
+- ``release(entry, now)``: one reference fewer. At zero the entry is
+  finalized now (``ttl == 0``, or marked by ``expire``) or goes to the back
+  of ``idle`` with ``deadline = now + ttl``; ``max_idle`` evicts from the
+  front. The answer is a small bit set (``FINALIZE``, ``ARM``, ``EVICTED``).
+- ``timer_fired(now, limit)``: pops at most ``limit`` expired entries from
+  the front (reaping costs O(expired), not O(cached)) and says when to wake
+  up next.
+- ``expire``/``evict_all``: retire one key (draining leases first) or all.
+
+``LockedLedger`` is the same ledger with every operation under one thread
+lock, for a partition that several event loops share.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Hashable
+from typing import Any, Final, Generic, TypeVar
+
+__all__ = ["ARM", "EVICTED", "FINALIZE", "Creation", "Entry", "Ledger", "LockedLedger"]
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+#: ``release``/``created``: the entry itself was evicted; finalize it now.
+FINALIZE: Final = 1
+#: A timer must be armed for ``ledger.timer_deadline``.
+ARM: Final = 2
+#: ``max_idle`` evicted entries; take them with ``take_victims()``.
+EVICTED: Final = 4
+
+
+class Entry(Generic[K, T]):
+    """One key's resource with its reference count and idle deadline."""
+
+    __slots__ = ("deadline", "doomed", "key", "live", "refs", "resource")
+
+    def __init__(self, key: K, resource: T, refs: int, doomed: bool) -> None:
+        self.key = key
+        self.resource = resource
+        self.refs = refs
+        #: When an idle entry expires (``math.inf`` when it never does).
+        self.deadline = math.inf
+        #: Marked by ``expire``: finalize at the last release.
+        self.doomed = doomed
+        self.live = True
+
+    def __repr__(self) -> str:
+        state = "live" if self.live else "evicted"
+        return f"<Entry {self.key!r} refs={self.refs} {state}>"
+
+
+class Creation(Generic[K, T]):
+    """A factory call in flight for one key, and who is waiting for it.
+
+    ``listeners`` belongs to the driver (whatever it needs to wake a waiter
+    up); the ledger counts ``waiters`` and records the outcome: ``entry``
+    when the factory returned, ``error`` when it raised.
+    """
+
+    __slots__ = ("done", "doomed", "entry", "error", "key", "listeners", "waiters")
+
+    def __init__(self, key: K) -> None:
+        self.key = key
+        self.waiters = 1
+        self.doomed = False
+        self.done = False
+        self.entry: Entry[K, T] | None = None
+        self.error: BaseException | None = None
+        self.listeners: list[Any] = []
+
+
+class Ledger(Generic[K, T]):
+    """Counts, idle deadlines and eviction order for one partition."""
+
+    def __init__(self, ttl: float | None, max_idle: int | None) -> None:
+        self.ttl = math.inf if ttl is None else float(ttl)
+        self.max_idle = max_idle
+        self.entries: dict[K, Entry[K, T]] = {}
+        self.idle: dict[K, Entry[K, T]] = {}
+        self.creating: dict[K, Creation[K, T]] = {}
+        self.finalizing: set[Entry[K, T]] = set()
+        self.victims: list[Entry[K, T]] = []
+        self.referenced = 0
+        self.timer_deadline: float | None = None
+        # Running totals.
+        self.hits = 0
+        self.misses = 0
+        self.created_total = 0
+        self.finalized_total = 0
+        self.expired_total = 0
+        self.evicted_total = 0
+        self.factory_errors = 0
+        self.finalizer_errors = 0
+
+    # -- leases --------------------------------------------------------------
+
+    def hit(self, key: K) -> Entry[K, T] | None:
+        """Add a reference to ``key``'s live entry; ``None`` on a miss."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.refs == 0:
+            del self.idle[key]
+            self.referenced += 1
+        entry.refs += 1
+        entry.doomed = False
+        self.hits += 1
+        return entry
+
+    def release(self, entry: Entry[K, T], now: float) -> int:
+        """Drop one reference of a live entry; return what the driver must do.
+
+        Releasing an evicted entry is a no-op (``clear`` already retired it);
+        raises ``ValueError`` if a live entry holds no reference.
+        """
+        if not entry.live:
+            return 0
+        refs = entry.refs
+        if refs <= 0:
+            raise ValueError(
+                f"release of key {entry.key!r}: reference count is already 0"
+            )
+        entry.refs = refs - 1
+        if refs > 1:
+            return 0
+        self.referenced -= 1
+        return self._unreferenced(entry, now)
+
+    def _unreferenced(self, entry: Entry[K, T], now: float) -> int:
+        if entry.doomed or self.ttl == 0:
+            self._evict(entry)
+            return FINALIZE
+        entry.deadline = deadline = now + self.ttl
+        self.idle[entry.key] = entry
+        action = 0
+        if self.max_idle is not None and len(self.idle) > self.max_idle:
+            action = EVICTED
+            while len(self.idle) > self.max_idle:
+                victim = next(iter(self.idle.values()))
+                self._evict(victim)
+                self.evicted_total += 1
+                self.victims.append(victim)
+        if self.timer_deadline is None and deadline != math.inf and self.idle:
+            self.timer_deadline = next(iter(self.idle.values())).deadline
+            action |= ARM
+        return action
+
+    def take_victims(self) -> list[Entry[K, T]]:
+        """The entries ``max_idle`` evicted since the last call."""
+        victims, self.victims = self.victims, []
+        return victims
+
+    # -- creation ------------------------------------------------------------
+
+    def lookup(self, key: K) -> tuple[Entry[K, T] | Creation[K, T], bool]:
+        """Acquire ``key``: a hit, or the creation to wait for.
+
+        The flag is true when this call started the creation, which makes
+        the caller its first waiter and the one to call the factory.
+        """
+        entry = self.hit(key)
+        if entry is not None:
+            return entry, False
+        self.misses += 1
+        creation = self.creating.get(key)
+        if creation is not None:
+            creation.waiters += 1
+            return creation, False
+        creation = self.creating[key] = Creation(key)
+        return creation, True
+
+    def listen(self, creation: Creation[K, T], listener: object) -> bool:
+        """Register a waiter's wake-up; false if the creation already ended."""
+        if creation.done:
+            return False
+        creation.listeners.append(listener)
+        return True
+
+    def withdraw(self, creation: Creation[K, T]) -> Entry[K, T] | None:
+        """A waiter gives up. Before the creation ended it is not counted;
+        after, the returned entry holds its reference, which it must release."""
+        if creation.done:
+            return creation.entry
+        creation.waiters -= 1
+        return None
+
+    def created(
+        self, creation: Creation[K, T], resource: T, now: float
+    ) -> tuple[Entry[K, T], int]:
+        """The factory returned: the entry starts with one reference per waiter."""
+        del self.creating[creation.key]
+        self.created_total += 1
+        entry = Entry(creation.key, resource, creation.waiters, creation.doomed)
+        creation.entry = entry
+        creation.done = True
+        self.entries[creation.key] = entry
+        if entry.refs > 0:
+            self.referenced += 1
+            return entry, 0
+        return entry, self._unreferenced(entry, now)
+
+    def failed(self, creation: Creation[K, T], error: BaseException) -> None:
+        """The factory raised: every waiter gets ``error``, nothing is cached."""
+        del self.creating[creation.key]
+        creation.error = error
+        creation.done = True
+        self.factory_errors += 1
+
+    # -- retirement ----------------------------------------------------------
+
+    def _evict(self, entry: Entry[K, T]) -> None:
+        del self.entries[entry.key]
+        if entry.refs == 0:
+            self.idle.pop(entry.key, None)
+        else:
+            self.referenced -= 1
+        entry.live = False
+        self.finalizing.add(entry)
+
+    def finalized(self, entry: Entry[K, T], ok: bool) -> None:
+        """The driver finished finalizing an evicted entry."""
+        self.finalizing.discard(entry)
+        self.finalized_total += 1
+        if not ok:
+            self.finalizer_errors += 1
+
+    def expire(self, key: K) -> Entry[K, T] | None:
+        """Retire ``key``: an idle entry is evicted and returned for finalizing;
+        a referenced entry, or one being created, is marked instead."""
+        creation = self.creating.get(key)
+        if creation is not None:
+            creation.doomed = True
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.refs > 0:
+            entry.doomed = True
+            return None
+        self._evict(entry)
+        return entry
+
+    def evict_all(self) -> list[Entry[K, T]]:
+        """Evict every live entry, referenced or not, and drop every deadline."""
+        evicted = list(self.entries.values())
+        for entry in evicted:
+            entry.live = False
+            self.finalizing.add(entry)
+        self.entries.clear()
+        self.idle.clear()
+        self.referenced = 0
+        self.timer_deadline = None
+        return evicted
+
+    def abandon(self) -> list[Entry[K, T]]:
+        """Evict everything of a partition whose event loop is gone.
+
+        Creations in flight there can never finish; they are dropped.
+        """
+        evicted = self.evict_all()
+        self.creating.clear()
+        self.finalizing.clear()
+        return evicted
+
+    def adopt(self, entries: list[Entry[K, T]]) -> None:
+        """Take over the finalizing of entries another ledger evicted."""
+        self.finalizing.update(entries)
+
+    # -- time ----------------------------------------------------------------
+
+    def timer_fired(
+        self, now: float, limit: int
+    ) -> tuple[list[Entry[K, T]], float | None]:
+        """Evict at most ``limit`` entries whose deadline has passed.
+
+        Returns them with the deadline the next timer must fire at (already
+        past when more have expired: the driver yields to the loop and comes
+        back), or ``None`` when no timer is needed; that deadline is recorded
+        as armed.
+        """
+        expired: list[Entry[K, T]] = []
+        idle = self.idle
+        while idle and len(expired) < limit:
+            front = next(iter(idle.values()))
+            if front.deadline > now:
+                break
+            self._evict(front)
+            expired.append(front)
+        self.expired_total += len(expired)
+        self.timer_deadline = None
+        if idle:
+            deadline = next(iter(idle.values())).deadline
+            if deadline != math.inf:
+                self.timer_deadline = deadline
+        return expired, self.timer_deadline
+
+    def timer_lost(self, now: float) -> float | None:
+        """The armed timer can no longer fire (its loop closed): re-arm for now."""
+        self.timer_deadline = None
+        if self.idle and next(iter(self.idle.values())).deadline != math.inf:
+            self.timer_deadline = now
+        return self.timer_deadline
+
+    # -- observation ---------------------------------------------------------
+
+    def pending_cleanup_count(self) -> int:
+        """Idle entries waiting for a finite deadline, plus finalizations in flight."""
+        waiting = len(self.idle) if self.ttl != math.inf else 0
+        return waiting + len(self.finalizing)
+
+    def pending_cleanup(self) -> dict[K, float | None]:
+        """Each key with pending cleanup: its deadline, or ``None`` while finalizing."""
+        pending: dict[K, float | None] = {e.key: None for e in self.finalizing}
+        if self.ttl != math.inf:
+            pending.update((key, entry.deadline) for key, entry in self.idle.items())
+        return pending
+
+
+class LockedLedger(Ledger[K, T]):
+    """A ledger whose every operation holds one thread lock (shared partitions)."""
+
+    def __init__(
+        self, ttl: float | None, max_idle: int | None, lock: threading.Lock
+    ) -> None:
+        super().__init__(ttl, max_idle)
+        self.lock = lock
+
+    def hit(self, key: K) -> Entry[K, T] | None:
+        with self.lock:
+            return super().hit(key)
+
+    def release(self, entry: Entry[K, T], now: float) -> int:
+        with self.lock:
+            return super().release(entry, now)
+
+    def take_victims(self) -> list[Entry[K, T]]:
+        with self.lock:
+            return super().take_victims()
+
+    def lookup(self, key: K) -> tuple[Entry[K, T] | Creation[K, T], bool]:
+        with self.lock:
+            return super().lookup(key)
+
+    def listen(self, creation: Creation[K, T], listener: object) -> bool:
+        with self.lock:
+            return super().listen(creation, listener)
+
+    def withdraw(self, creation: Creation[K, T]) -> Entry[K, T] | None:
+        with self.lock:
+            return super().withdraw(creation)
+
+    def created(
+        self, creation: Creation[K, T], resource: T, now: float
+    ) -> tuple[Entry[K, T], int]:
+        with self.lock:
+            return super().created(creation, resource, now)
+
+    def failed(self, creation: Creation[K, T], error: BaseException) -> None:
+        with self.lock:
+            super().failed(creation, error)
+
+    def finalized(self, entry: Entry[K, T], ok: bool) -> None:
+        with self.lock:
+            super().finalized(entry, ok)
+
+    def expire(self, key: K) -> Entry[K, T] | None:
+        with self.lock:
+            return super().expire(key)
+
+    def evict_all(self) -> list[Entry[K, T]]:
+        with self.lock:
+            return super().evict_all()
+
+    def adopt(self, entries: list[Entry[K, T]]) -> None:
+        with self.lock:
+            super().adopt(entries)
+
+    def timer_fired(
+        self, now: float, limit: int
+    ) -> tuple[list[Entry[K, T]], float | None]:
+        with self.lock:
+            return super().timer_fired(now, limit)
+
+    def timer_lost(self, now: float) -> float | None:
+        with self.lock:
+            return super().timer_lost(now)
+
+    def pending_cleanup(self) -> dict[K, float | None]:
+        with self.lock:
+            return super().pending_cleanup()

@@ -1,0 +1,849 @@
+"""``ResourcePool`` and ``Resource``: the asyncio driver around the ledger.
+
+Every decision (hit or miss, idle or finalize, what has expired) is made by
+:mod:`ttlpool._core`; this module only does what needs an event loop: it
+calls factories and finalizers and awaits what they return, keeps one timer
+per loop armed for the earliest idle deadline, and hands work that belongs
+to another loop over to that loop.
+
+Threads and loops. Each event loop gets a *partition* (its own ledger, timer
+and tasks). Only the loop's own thread touches a per-loop ledger, so a hit
+and a release take no lock. Work that crosses loops (``clear``, ``expire``,
+the entries of a loop that closed) is rare: it runs on the owning loop when
+that loop is running, and on the caller's loop otherwise. With
+``per_loop=False`` every partition shares one :class:`LockedLedger`, so any
+loop sees every entry and each ledger step holds a thread lock. The pool
+lock (``_lock``) guards only the partition map; no lock is ever held across
+an ``await`` or while user code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger, LockedLedger
+from ttlpool.clock import Clock, MonotonicClock
+from ttlpool.errors import PoolClosedError
+from ttlpool.stats import PoolStats
+
+__all__ = ["ErrorHook", "Resource", "ResourcePool"]
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger("ttlpool")
+
+#: ``on_error(exception, operation, key)``: called for every error the pool
+#: catches (a failing finalizer, a failure in a task the pool runs).
+ErrorHook = Callable[[BaseException, str, Any], None]
+
+#: Expired entries finalized per timer callback before yielding to the loop.
+REAP_SLICE = 128
+#: How often a cross-loop hand-over checks that the other loop still runs.
+_HANDOVER_POLL = 0.05
+
+_NEW, _ENTERED, _EXITED = 0, 1, 2
+
+
+def _check_ttl(ttl: object) -> float:
+    if ttl is None:
+        return math.inf
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds or None, not {ttl!r}")
+    if math.isnan(ttl) or ttl < 0:
+        raise ValueError(f"ttl must be >= 0 seconds (or None/inf), not {ttl!r}")
+    return float(ttl)
+
+
+def _check_max_idle(max_idle: object) -> int | None:
+    if max_idle is None:
+        return None
+    if isinstance(max_idle, bool) or not isinstance(max_idle, int):
+        raise TypeError(f"max_idle must be an int or None, not {max_idle!r}")
+    if max_idle < 0:
+        raise ValueError(f"max_idle must be >= 0, not {max_idle!r}")
+    return max_idle
+
+
+def _spawn(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, R]
+) -> asyncio.Task[R]:
+    """A task that, where Python allows, runs eagerly until its first await."""
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+    return loop.create_task(coro)
+
+
+async def _await(awaitable: Awaitable[R]) -> R:
+    return await awaitable
+
+
+def _key_error(operation: str, key: object) -> TypeError:
+    return TypeError(f"{operation}: key {key!r} is unhashable")
+
+
+class _Partition(Generic[K, T]):
+    """One event loop's view of the pool: ledger, timer and tracked tasks."""
+
+    __slots__ = ("ledger", "loop", "tasks", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ledger: Ledger[K, T]) -> None:
+        self.loop = loop
+        self.ledger = ledger
+        self.timer: Any = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def is_live(self) -> bool:
+        """Its loop can still run its work (it runs, or it is the caller's)."""
+        loop = self.loop
+        return loop.is_running() and not loop.is_closed()
+
+
+class Resource(Generic[T]):
+    """One lease of a pooled resource: a single-use async context manager.
+
+    Entering acquires the key's resource (creating it if needed) and returns
+    it; leaving releases exactly that acquisition, whatever the resource's
+    truth value. A lease belongs to the entry it acquired: if ``clear``
+    retired that entry, leaving is a no-op and never touches a newer entry
+    of the same key. Entering twice, or leaving before entering or twice,
+    raises ``RuntimeError``. Leaving never swallows the body's exception.
+    """
+
+    __slots__ = ("_entry", "_key", "_part", "_pool", "_state")
+
+    def __init__(self, pool: ResourcePool[Any, T], key: Hashable) -> None:
+        self._pool = pool
+        self._key = key
+        self._entry: Entry[Any, T] | None = None
+        self._part: _Partition[Any, T] | None = None
+        self._state = _NEW
+
+    async def __aenter__(self) -> T:
+        if self._state != _NEW:
+            raise RuntimeError(f"get({self._key!r}): a lease can be entered only once")
+        self._state = _ENTERED
+        pool, key = self._pool, self._key
+        loop = asyncio.get_running_loop()
+        part = pool._parts.get(loop)
+        if part is not None:
+            try:
+                entry = part.ledger.hit(key)
+            except TypeError:
+                self._state = _NEW
+                raise _key_error("get", key) from None
+            if entry is not None:
+                self._part, self._entry = part, entry
+                return entry.resource
+        try:
+            self._part, self._entry = await pool._acquire(key, loop)
+        except BaseException:
+            self._state = _NEW
+            raise
+        return self._entry.resource
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entry, part = self._entry, self._part
+        if self._state != _ENTERED or entry is None or part is None:
+            raise RuntimeError(
+                f"get({self._key!r}): a lease can be left only once, after entering"
+            )
+        self._state = _EXITED
+        self._entry = self._part = None
+        action = part.ledger.release(entry, self._pool._now())
+        if action:
+            await self._pool._released(part, entry, action)
+
+    def __repr__(self) -> str:
+        state = ("new", "entered", "exited")[self._state]
+        return f"<Resource key={self._key!r} {state}>"
+
+
+_POOLS: weakref.WeakSet[ResourcePool[Any, Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._forget_everything()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ResourcePool(Generic[K, T]):
+    """Keyed, reference-counted resources kept warm for an idle time-to-live.
+
+    ``factory(key)`` makes a key's resource and ``finalizer(resource)``
+    retires it; either may be sync or return any awaitable, which is
+    awaited. Concurrent acquirers of a missing key share one factory call,
+    run with no lock held. An entry nobody holds stays warm for ``ttl``
+    seconds (``0``: finalized at its last release; ``None`` or ``math.inf``:
+    until ``expire``, ``max_idle``, ``clear`` or ``aclose``), then the pool
+    finalizes it by itself. ``max_idle`` bounds the idle entries; the one
+    released longest ago goes first.
+
+    Errors the pool catches are logged on the ``ttlpool`` logger, counted in
+    :attr:`stats` and passed to ``on_error(exception, operation, key)``.
+
+    By default every event loop has its own entries (``per_loop=True``), as
+    most asyncio resources belong to the loop that made them; with
+    ``per_loop=False`` all loops share them. ``clock`` replaces the time
+    source and timer, for tests (:class:`ttlpool.testing.ManualClock`).
+    Constructing a pool needs no running event loop.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[K], T | Awaitable[T]],
+        *,
+        finalizer: Callable[[T], object] | None = None,
+        ttl: float | None = 0.0,
+        max_idle: int | None = None,
+        on_error: ErrorHook | None = None,
+        per_loop: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        self._ttl = _check_ttl(ttl)
+        self._max_idle = _check_max_idle(max_idle)
+        if not callable(factory):
+            raise TypeError(f"factory must be callable, not {factory!r}")
+        if finalizer is not None and not callable(finalizer):
+            raise TypeError(f"finalizer must be callable or None, not {finalizer!r}")
+        self._factory = factory
+        self._finalizer = finalizer
+        self._on_error = on_error
+        self._per_loop = per_loop
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._now = self._clock.now
+        self._forget_everything()
+        _POOLS.add(self)
+
+    def _forget_everything(self) -> None:
+        """Start empty: at construction, and in a forked child."""
+        self._lock = threading.Lock()
+        self._parts: dict[asyncio.AbstractEventLoop, _Partition[K, T]] = {}
+        #: Partitions taken out of ``_parts`` by ``aclose``, until cleared.
+        self._closing: list[_Partition[K, T]] = []
+        self._shared: LockedLedger[K, T] | None = (
+            None
+            if self._per_loop
+            else LockedLedger(self._ttl, self._max_idle, self._lock)
+        )
+        self._closed = False
+        #: Running totals of ledgers that were dropped (loops that closed).
+        self._retired: dict[str, int] = dict.fromkeys(_TOTALS, 0)
+        self._errors = 0
+        #: Tasks of ``clear`` calls that timed out, kept until they end.
+        self._strays: set[asyncio.Task[Any]] = set()
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def ttl(self) -> float:
+        """The idle time-to-live in seconds (``math.inf`` for never)."""
+        return self._ttl
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def get(self, key: K) -> Resource[T]:
+        """A single-use lease of ``key``'s resource, for ``async with``."""
+        return Resource(self, key)
+
+    async def acquire(self, key: K) -> T:
+        """Acquire ``key``'s resource, creating it on a miss.
+
+        Pair every acquire with one :meth:`release` of the same key on the
+        same event loop, or use :meth:`get`.
+        """
+        loop = asyncio.get_running_loop()
+        part = self._parts.get(loop)
+        try:
+            entry = part.ledger.hit(key) if part is not None else None
+        except TypeError:
+            raise _key_error("acquire", key) from None
+        if entry is None:
+            entry = (await self._acquire(key, loop))[1]
+        return entry.resource
+
+    async def release(self, key: K) -> None:
+        """Release one acquisition of ``key``.
+
+        A key with no entry is a no-op; a key whose entry holds no reference
+        raises ``ValueError``. At the last release the entry is finalized
+        within this call (``ttl == 0`` or marked by :meth:`expire`) or
+        becomes idle until its deadline.
+        """
+        part = self._parts.get(asyncio.get_running_loop())
+        if part is None:
+            hash(key)
+            return
+        try:
+            entry = part.ledger.entries.get(key)
+        except TypeError:
+            raise _key_error("release", key) from None
+        if entry is None:
+            return
+        action = part.ledger.release(entry, self._now())
+        if action:
+            await self._released(part, entry, action)
+
+    async def expire(self, key: K) -> None:
+        """Retire ``key`` in every event loop's entries, draining leases first.
+
+        An idle entry is finalized now and this returns after its finalizer.
+        A referenced entry, or one being created, is marked: its last
+        release finalizes it, unless it is acquired again first. Unknown
+        keys are a no-op.
+        """
+        try:
+            hash(key)
+        except TypeError:
+            raise _key_error("expire", key) from None
+        loop = asyncio.get_running_loop()
+        self._sweep(loop)
+        parts = self._all_partitions()
+        if self._shared is not None:
+            parts = parts[:1]
+        await _gather_raising(
+            self._on_loop(part, functools.partial(self._expire_in, part, key))
+            for part in parts
+        )
+
+    async def clear(self, *, timeout: float | None = None) -> None:
+        """Finalize every entry of every event loop now, referenced or not.
+
+        Repeats, generation after generation, until nothing it found or
+        that appeared while it ran is left: finalizers may acquire other
+        keys, and creations in flight finish and are finalized in turn.
+        Finalizers run concurrently, each loop's on that loop while it
+        runs. An ``Exception`` from one is reported and the rest go on; a
+        ``BaseException`` is re-raised once every entry is evicted. Holders
+        keep their objects; their later release is a no-op.
+
+        Raises ``TimeoutError`` naming what is left if ``timeout`` seconds
+        pass first.
+        """
+        loop = asyncio.get_running_loop()
+        self._sweep(loop)
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            parts = [p for p in self._all_partitions() if _has_work(p)]
+            if not parts and not self._strays:
+                return
+            generation = _spawn(loop, self._clear_generation(parts))
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait({generation}, timeout=remaining)
+            if not done:
+                self._strays.add(generation)
+                generation.add_done_callback(self._strays.discard)
+                left = sorted({repr(k) for p in parts for k in _keys_of(p)})
+                raise TimeoutError(
+                    f"clear: timed out after {timeout}s with keys still being "
+                    f"finalized or created: {', '.join(left) or '(finalizer tasks)'}"
+                )
+            generation.result()
+
+    async def aclose(self) -> None:
+        """Close the pool for good, then :meth:`clear` it.
+
+        Every later acquire raises :class:`PoolClosedError`; releases of
+        outstanding leases become no-ops. Idempotent.
+        """
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._closing.extend(self._parts.values())
+                self._parts = {}
+        await self.clear()
+
+    async def __aenter__(self) -> ResourcePool[K, T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def stats(self) -> PoolStats:
+        """A snapshot of gauges and running totals over every event loop.
+
+        O(number of event loops). Idle entries of a loop that closed are
+        counted as entries but not as pending cleanup: no timer of theirs
+        can fire; the next pool operation from a live loop finalizes them.
+        """
+        totals = dict(self._retired)
+        gauges = dict.fromkeys(_GAUGES, 0)
+        for ledger, alive in self._ledgers():
+            for name, attr in _TOTALS.items():
+                totals[name] += getattr(ledger, attr)
+            gauges["total_entries"] += len(ledger.entries)
+            gauges["referenced_entries"] += ledger.referenced
+            gauges["idle_entries"] += len(ledger.idle)
+            gauges["creating"] += len(ledger.creating)
+            gauges["pending_cleanup"] += (
+                ledger.pending_cleanup_count() if alive else len(ledger.finalizing)
+            )
+        return PoolStats(**gauges, **totals, errors=self._errors)
+
+    @property
+    def pending_cleanup(self) -> dict[K, float | None]:
+        """Each key with pending cleanup: its idle deadline (on the pool's
+        clock, ``time.monotonic`` by default), or ``None`` while finalizing."""
+        pending: dict[K, float | None] = {}
+        for ledger, alive in self._ledgers():
+            if alive:
+                pending.update(ledger.pending_cleanup())
+            else:
+                pending.update(dict.fromkeys(e.key for e in list(ledger.finalizing)))
+        return pending
+
+    def __len__(self) -> int:
+        return sum(len(ledger.entries) for ledger, _ in self._ledgers())
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in ledger.entries for ledger, _ in self._ledgers())
+
+    def __repr__(self) -> str:
+        s = self.stats
+        state = "closed" if self._closed else "open"
+        return (
+            f"<ResourcePool {state} entries={s.total_entries} "
+            f"referenced={s.referenced_entries} idle={s.idle_entries} "
+            f"creating={s.creating} ttl={self._ttl} "
+            f"{'per-loop' if self._per_loop else 'shared'}>"
+        )
+
+    # -- acquiring -----------------------------------------------------------
+
+    async def _acquire(
+        self, key: K, loop: asyncio.AbstractEventLoop
+    ) -> tuple[_Partition[K, T], Entry[K, T]]:
+        """The slow path of an acquire: new loop, miss, or closed pool."""
+        part = self._partition(loop)
+        try:
+            found, started = part.ledger.lookup(key)
+        except TypeError:
+            raise _key_error("acquire", key) from None
+        if isinstance(found, Entry):
+            return part, found
+        if started:
+            self._sweep(loop)
+            self._create(part, found)
+        return part, await self._wait(part, found)
+
+    def _create(self, part: _Partition[K, T], creation: Creation[K, T]) -> None:
+        """Call the factory; an awaitable result finishes in a pool task."""
+        try:
+            result = self._factory(creation.key)
+        except BaseException as exc:
+            self._settle(part, creation, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if inspect.isawaitable(result):
+            self._track(
+                part, _spawn(part.loop, self._finish_creation(part, creation, result))
+            )
+        else:
+            self._settle(part, creation, result)
+
+    async def _finish_creation(
+        self, part: _Partition[K, T], creation: Creation[K, T], awaitable: Awaitable[T]
+    ) -> None:
+        try:
+            resource = await awaitable
+        except BaseException as exc:
+            self._settle(part, creation, exc)
+            if not isinstance(exc, Exception):
+                raise
+            if creation.waiters == 0:
+                self._report(exc, "create", creation.key)
+            return
+        action = self._settle(part, creation, resource)
+        if action:
+            await self._released(part, creation.entry, action)  # type: ignore[arg-type]
+
+    def _settle(
+        self, part: _Partition[K, T], creation: Creation[K, T], outcome: Any
+    ) -> int:
+        """Record the factory's outcome and wake every waiter up."""
+        ledger = part.ledger
+        action = 0
+        if isinstance(outcome, BaseException):
+            if sys.version_info >= (3, 11):
+                outcome.add_note(f"ttlpool: factory for key {creation.key!r} failed")
+            ledger.failed(creation, outcome)
+        else:
+            action = ledger.created(creation, outcome, self._now())[1]
+        for waiter in creation.listeners:
+            _wake(waiter)
+        return action
+
+    async def _wait(
+        self, part: _Partition[K, T], creation: Creation[K, T]
+    ) -> Entry[K, T]:
+        """Wait for a creation; a cancelled waiter leaves no reference behind."""
+        ledger = part.ledger
+        if not creation.done:
+            waiter = asyncio.get_running_loop().create_future()
+            if ledger.listen(creation, waiter):
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    counted = ledger.withdraw(creation)
+                    if counted is not None:
+                        self._release_soon(part, counted)
+                    raise
+        if creation.error is not None:
+            raise creation.error
+        assert creation.entry is not None
+        return creation.entry
+
+    def _partition(self, loop: asyncio.AbstractEventLoop) -> _Partition[K, T]:
+        part = self._parts.get(loop)
+        if part is None or self._closed:
+            with self._lock:
+                if self._closed:
+                    raise PoolClosedError("acquire: the pool is closed")
+                part = self._parts.get(loop)
+                if part is None:
+                    ledger: Ledger[K, T] = self._shared or Ledger(
+                        self._ttl, self._max_idle
+                    )
+                    part = self._parts[loop] = _Partition(loop, ledger)
+            self._sweep(loop)
+        return part
+
+    # -- releasing and finalizing --------------------------------------------
+
+    async def _released(
+        self, part: _Partition[K, T], entry: Entry[K, T], action: int
+    ) -> None:
+        """Carry out what a release decided: arm the timer, finalize now."""
+        await _gather_raising(self._carry_out(part, entry, action))
+
+    def _release_soon(self, part: _Partition[K, T], entry: Entry[K, T]) -> None:
+        """Release from a cancelled task: finalizers run in pool tasks."""
+        action = part.ledger.release(entry, self._now())
+        for pending in self._carry_out(part, entry, action):
+            self._track(part, _spawn(part.loop, pending))
+
+    def _carry_out(
+        self, part: _Partition[K, T], entry: Entry[K, T], action: int
+    ) -> list[Coroutine[Any, Any, None]]:
+        if action & ARM:
+            self._arm(part)
+        doomed = [entry] if action & FINALIZE else []
+        if action & EVICTED:
+            doomed += part.ledger.take_victims()
+        return self._start_finalizers(part, doomed)
+
+    def _start_finalizers(
+        self, part: _Partition[K, T], entries: Iterable[Entry[K, T]]
+    ) -> list[Coroutine[Any, Any, None]]:
+        """Call the finalizer of each entry; return the awaits still to do.
+
+        Every finalizer is called even if one raises a ``BaseException``,
+        which is re-raised after the last call.
+        """
+        pending: list[Coroutine[Any, Any, None]] = []
+        interrupt: BaseException | None = None
+        ledger = part.ledger
+        finalizer = self._finalizer
+        for entry in entries:
+            if finalizer is None:
+                ledger.finalized(entry, True)
+                continue
+            try:
+                result = finalizer(entry.resource)
+            except Exception as exc:
+                self._report(exc, "finalize", entry.key)
+                ledger.finalized(entry, False)
+            except BaseException as exc:
+                ledger.finalized(entry, True)
+                interrupt = interrupt or exc
+            else:
+                if inspect.isawaitable(result):
+                    pending.append(self._finish_finalizer(ledger, entry, result))
+                else:
+                    ledger.finalized(entry, True)
+        if interrupt is not None:
+            for coro in pending:
+                self._track(part, _spawn(part.loop, coro))
+            raise interrupt
+        return pending
+
+    async def _finish_finalizer(
+        self, ledger: Ledger[K, T], entry: Entry[K, T], awaitable: Awaitable[object]
+    ) -> None:
+        ok = False
+        try:
+            await awaitable
+            ok = True
+        except Exception as exc:
+            self._report(exc, "finalize", entry.key)
+        finally:
+            ledger.finalized(entry, ok)
+
+    async def _expire_in(self, part: _Partition[K, T], key: K) -> None:
+        entry = part.ledger.expire(key)
+        if entry is not None:
+            await _gather_raising(self._start_finalizers(part, [entry]))
+
+    # -- the timer -----------------------------------------------------------
+
+    def _arm(self, part: _Partition[K, T]) -> None:
+        deadline = part.ledger.timer_deadline
+        if deadline is not None:
+            callback = functools.partial(self._on_timer, part)
+            part.timer = self._clock.call_at(part.loop, deadline, callback)
+
+    def _on_timer(self, part: _Partition[K, T]) -> list[asyncio.Task[Any]] | None:
+        """Finalize one slice of expired entries, then re-arm."""
+        part.timer = None
+        if part.ledger is not self._shared and self._parts.get(part.loop) is not part:
+            return None  # retired by clear, aclose or a sweep meanwhile
+        expired, _ = part.ledger.timer_fired(self._now(), REAP_SLICE)
+        self._arm(part)
+        tasks = [
+            self._track(part, _spawn(part.loop, coro))
+            for coro in self._start_finalizers(part, expired)
+        ]
+        return tasks or None
+
+    def _cancel_timer(self, part: _Partition[K, T]) -> None:
+        timer, part.timer = part.timer, None
+        if timer is not None:
+            timer.cancel()
+
+    # -- tasks, loops and partitions -----------------------------------------
+
+    def _track(
+        self, part: _Partition[K, T], task: asyncio.Task[Any]
+    ) -> asyncio.Task[Any]:
+        """Keep a pool task until it ends, so clear can wait for it."""
+        if not task.done():
+            part.tasks.add(task)
+            task.add_done_callback(functools.partial(self._task_done, part))
+        else:
+            self._task_done(part, task)
+        return task
+
+    def _task_done(self, part: _Partition[K, T], task: asyncio.Task[Any]) -> None:
+        part.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._report(task.exception(), "pool task", None)  # type: ignore[arg-type]
+
+    def _report(self, exc: BaseException, operation: str, key: object) -> None:
+        """Log, count and hand to ``on_error`` an error the pool caught."""
+        self._errors += 1
+        log.error("ttlpool: %s of key %r failed", operation, key, exc_info=exc)
+        if self._on_error is not None:
+            try:
+                self._on_error(exc, operation, key)
+            except Exception:
+                log.exception(
+                    "ttlpool: on_error hook failed for %s of key %r", operation, key
+                )
+
+    def _all_partitions(self) -> list[_Partition[K, T]]:
+        with self._lock:
+            return [*self._parts.values(), *self._closing]
+
+    def _ledgers(self) -> list[tuple[Ledger[K, T], bool]]:
+        """Each ledger once, with whether its timer can still fire."""
+        if self._shared is not None:
+            return [(self._shared, True)]
+        parts = [*self._parts.values(), *self._closing]
+        return [(part.ledger, not part.loop.is_closed()) for part in parts]
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Finalize, on ``loop``, what partitions of closed loops left behind."""
+        if len(self._parts) + len(self._closing) < 2:
+            return
+        with self._lock:
+            dead = [p for p in self._parts.values() if p.loop.is_closed()]
+            dead += [p for p in self._closing if p.loop.is_closed()]
+            for part in dead:
+                self._parts.pop(part.loop, None)
+                if part in self._closing:
+                    self._closing.remove(part)
+        if not dead:
+            return
+        here = self._parts.get(loop) or next(
+            (p for p in self._closing if p.loop is loop), None
+        )
+        for part in dead:
+            if part.ledger is self._shared:
+                if part.timer is not None and here is not None:
+                    part.timer = None
+                    if self._shared.timer_lost(self._now()) is not None:
+                        self._arm(here)
+                continue
+            for name, attr in _TOTALS.items():
+                self._retired[name] += getattr(part.ledger, attr)
+            orphans = part.ledger.abandon()
+            if here is None or not orphans:
+                continue
+            log.debug(
+                "ttlpool: finalizing %d entries left by a closed loop", len(orphans)
+            )
+            here.ledger.adopt(orphans)
+            for coro in self._start_finalizers(here, orphans):
+                self._track(here, _spawn(loop, coro))
+
+    async def _on_loop(
+        self, part: _Partition[K, T], work: Callable[[], Coroutine[Any, Any, R]]
+    ) -> R:
+        """Run ``work()`` on ``part``'s loop while it runs, else right here."""
+        target = part.loop
+        here = asyncio.get_running_loop()
+        if target is here or not part.is_live():
+            return await work()
+        handover: concurrent.futures.Future[R] = concurrent.futures.Future()
+
+        def start() -> None:
+            if handover.set_running_or_notify_cancel():
+                task = target.create_task(work())
+                task.add_done_callback(functools.partial(_copy_outcome, handover))
+
+        try:
+            target.call_soon_threadsafe(start)
+        except RuntimeError:  # closed meanwhile
+            return await work()
+        result = asyncio.wrap_future(handover)
+        while True:
+            done, _ = await asyncio.wait({result}, timeout=_HANDOVER_POLL)
+            if done:
+                return result.result()
+            if target.is_closed() or (not target.is_running() and handover.cancel()):
+                result.cancel()
+                return await work()
+
+    async def _clear_generation(self, parts: list[_Partition[K, T]]) -> None:
+        await _gather_raising(
+            self._on_loop(part, functools.partial(self._clear_partition, part))
+            for part in parts
+        )
+
+    async def _clear_partition(self, part: _Partition[K, T]) -> None:
+        """Evict and finalize all of one partition; wait for its creations."""
+        self._cancel_timer(part)
+        live = part.is_live() and part.loop is asyncio.get_running_loop()
+        ledger = part.ledger
+        evicted = (
+            ledger.evict_all() if live or ledger is self._shared else ledger.abandon()
+        )
+        try:
+            pending = self._start_finalizers(part, evicted)
+        finally:
+            if live and part.tasks:
+                await asyncio.wait(list(part.tasks))
+        await _gather_raising(pending)
+        with self._lock:
+            if part in self._closing and not _has_work(part):
+                self._closing.remove(part)
+
+
+_TOTALS = {
+    "hits": "hits",
+    "misses": "misses",
+    "created": "created_total",
+    "finalized": "finalized_total",
+    "expired": "expired_total",
+    "evicted": "evicted_total",
+    "factory_errors": "factory_errors",
+    "finalizer_errors": "finalizer_errors",
+}
+_GAUGES = (
+    "total_entries",
+    "referenced_entries",
+    "idle_entries",
+    "pending_cleanup",
+    "creating",
+)
+
+
+def _has_work(part: _Partition[Any, Any]) -> bool:
+    ledger = part.ledger
+    return bool(ledger.entries or ledger.creating or part.tasks or part.timer)
+
+
+def _keys_of(part: _Partition[Any, Any]) -> list[object]:
+    ledger = part.ledger
+    return [
+        *ledger.entries,
+        *ledger.creating,
+        *(e.key for e in list(ledger.finalizing)),
+    ]
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    loop = waiter.get_loop()
+    try:
+        if loop is asyncio.get_running_loop():
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+    except RuntimeError:
+        pass
+    with contextlib.suppress(RuntimeError):  # that loop closed: its waiter is gone
+        loop.call_soon_threadsafe(_wake_here, waiter)
+
+
+def _wake_here(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _copy_outcome(
+    target: concurrent.futures.Future[Any], task: asyncio.Task[Any]
+) -> None:
+    if task.cancelled():
+        target.set_exception(asyncio.CancelledError())
+    elif task.exception() is not None:
+        target.set_exception(task.exception())
+    else:
+        target.set_result(task.result())
+
+
+async def _gather_raising(coros: Iterable[Awaitable[Any]]) -> None:
+    """Await all concurrently; report nothing, re-raise the first failure
+    once all have ended."""
+    aws = list(coros)
+    if not aws:
+        return
+    if len(aws) == 1:
+        await aws[0]
+        return
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
