@@ -6,7 +6,7 @@ Invariants (checked after every step by ``tests/test_model.py``):
    ``entries`` for good and sets ``live = False``: an evicted entry is never
    handed out again, and a later acquire of its key creates a new entry.
 2. ``entry.refs >= 0``. A live entry has ``refs == 0`` exactly when it is in
-   ``idle``; ``referenced`` counts the live entries with ``refs > 0``.
+   ``idle``, so the referenced entries are ``len(entries) - len(idle)``.
 3. ``idle`` is in release order. Every entry of one ledger gets the same
    ``ttl``, so idle deadlines never decrease from front to back: the front
    is always the next entry to expire, and the least recently released.
@@ -113,7 +113,6 @@ class Ledger(Generic[K, T]):
         self.creating: dict[K, Creation[K, T]] = {}
         self.finalizing: set[Entry[K, T]] = set()
         self.victims: list[Entry[K, T]] = []
-        self.referenced = 0
         self.timer_deadline: float | None = None
         # Running totals.
         self.hits = 0
@@ -134,47 +133,51 @@ class Ledger(Generic[K, T]):
             return None
         if entry.refs == 0:
             del self.idle[key]
-            self.referenced += 1
         entry.refs += 1
         entry.doomed = False
         self.hits += 1
         return entry
 
+    @property
+    def referenced(self) -> int:
+        """How many live entries hold at least one reference."""
+        return len(self.entries) - len(self.idle)
+
     def release(self, entry: Entry[K, T], now: float) -> int:
         """Drop one reference of a live entry; return what the driver must do.
 
-        Releasing an evicted entry is a no-op (``clear`` already retired it);
-        raises ``ValueError`` if a live entry holds no reference.
+        At zero the entry is finalized now (``ttl == 0``, or marked by
+        ``expire``) or goes to the back of ``idle``. Releasing an evicted
+        entry is a no-op (``clear`` already retired it); raises
+        ``ValueError`` if a live entry holds no reference.
         """
         if not entry.live:
             return 0
-        refs = entry.refs
-        if refs <= 0:
+        refs = entry.refs - 1
+        if refs > 0:
+            entry.refs = refs
+            return 0
+        if refs < 0:
             raise ValueError(
                 f"release of key {entry.key!r}: reference count is already 0"
             )
-        entry.refs = refs - 1
-        if refs > 1:
-            return 0
-        self.referenced -= 1
-        return self._unreferenced(entry, now)
-
-    def _unreferenced(self, entry: Entry[K, T], now: float) -> int:
+        entry.refs = 0
         if entry.doomed or self.ttl == 0:
             self._evict(entry)
             return FINALIZE
         entry.deadline = deadline = now + self.ttl
-        self.idle[entry.key] = entry
+        idle = self.idle
+        idle[entry.key] = entry
         action = 0
-        if self.max_idle is not None and len(self.idle) > self.max_idle:
+        if self.max_idle is not None and len(idle) > self.max_idle:
             action = EVICTED
-            while len(self.idle) > self.max_idle:
-                victim = next(iter(self.idle.values()))
+            while len(idle) > self.max_idle:
+                victim = next(iter(idle.values()))
                 self._evict(victim)
                 self.evicted_total += 1
                 self.victims.append(victim)
-        if self.timer_deadline is None and deadline != math.inf and self.idle:
-            self.timer_deadline = next(iter(self.idle.values())).deadline
+        if self.timer_deadline is None and deadline != math.inf and idle:
+            self.timer_deadline = next(iter(idle.values())).deadline
             action |= ARM
         return action
 
@@ -223,14 +226,14 @@ class Ledger(Generic[K, T]):
         """The factory returned: the entry starts with one reference per waiter."""
         del self.creating[creation.key]
         self.created_total += 1
-        entry = Entry(creation.key, resource, creation.waiters, creation.doomed)
+        waiters = creation.waiters
+        # An entry nobody waits for any more is released at once, like any
+        # entry at its last release: idle under a ttl, finalized at ttl 0.
+        entry = Entry(creation.key, resource, waiters or 1, creation.doomed)
         creation.entry = entry
         creation.done = True
         self.entries[creation.key] = entry
-        if entry.refs > 0:
-            self.referenced += 1
-            return entry, 0
-        return entry, self._unreferenced(entry, now)
+        return entry, 0 if waiters else self.release(entry, now)
 
     def failed(self, creation: Creation[K, T], error: BaseException) -> None:
         """The factory raised: every waiter gets ``error``, nothing is cached."""
@@ -243,10 +246,7 @@ class Ledger(Generic[K, T]):
 
     def _evict(self, entry: Entry[K, T]) -> None:
         del self.entries[entry.key]
-        if entry.refs == 0:
-            self.idle.pop(entry.key, None)
-        else:
-            self.referenced -= 1
+        self.idle.pop(entry.key, None)  # only its own key's entry can be idle
         entry.live = False
         self.finalizing.add(entry)
 
@@ -280,7 +280,6 @@ class Ledger(Generic[K, T]):
             self.finalizing.add(entry)
         self.entries.clear()
         self.idle.clear()
-        self.referenced = 0
         self.timer_deadline = None
         return evicted
 

@@ -23,7 +23,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import inspect
 import logging
 import math
 import os
@@ -31,8 +30,9 @@ import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
-from types import TracebackType
-from typing import Any, Generic, TypeVar
+from inspect import CO_ITERABLE_COROUTINE
+from types import GeneratorType, TracebackType
+from typing import Any, Generic, TypeGuard, TypeVar
 
 from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger, LockedLedger
 from ttlpool.clock import Clock, MonotonicClock
@@ -56,7 +56,9 @@ REAP_SLICE = 128
 #: How often a cross-loop hand-over checks that the other loop still runs.
 _HANDOVER_POLL = 0.05
 
-_NEW, _ENTERED, _EXITED = 0, 1, 2
+#: A lease's ``_entry`` while its slow path awaits the acquire.
+_ENTERING: Any = object()
+_get_running_loop = asyncio.get_running_loop
 
 
 def _check_ttl(ttl: object) -> float:
@@ -92,6 +94,15 @@ async def _await(awaitable: Awaitable[R]) -> R:
     return await awaitable
 
 
+def _is_awaitable(obj: object) -> TypeGuard[Awaitable[Any]]:
+    """``inspect.isawaitable``, without its slow ABC check on plain objects."""
+    if hasattr(type(obj), "__await__"):
+        return True
+    return type(obj) is GeneratorType and bool(
+        obj.gi_code.co_flags & CO_ITERABLE_COROUTINE
+    )
+
+
 def _key_error(operation: str, key: object) -> TypeError:
     return TypeError(f"{operation}: key {key!r} is unhashable")
 
@@ -99,11 +110,17 @@ def _key_error(operation: str, key: object) -> TypeError:
 class _Partition(Generic[K, T]):
     """One event loop's view of the pool: ledger, timer and tracked tasks."""
 
-    __slots__ = ("ledger", "loop", "tasks", "timer")
+    __slots__ = ("ledger", "loop", "now", "tasks", "timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ledger: Ledger[K, T]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ledger: Ledger[K, T],
+        now: Callable[[], float],
+    ) -> None:
         self.loop = loop
         self.ledger = ledger
+        self.now = now
         self.timer: Any = None
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -124,37 +141,40 @@ class Resource(Generic[T]):
     raises ``RuntimeError``. Leaving never swallows the body's exception.
     """
 
-    __slots__ = ("_entry", "_key", "_part", "_pool", "_state")
+    # ``_entry`` is None until entering starts; ``_part`` is set once entered
+    # and back to None once left.
+    __slots__ = ("_entry", "_key", "_part", "_pool")
 
     def __init__(self, pool: ResourcePool[Any, T], key: Hashable) -> None:
         self._pool = pool
         self._key = key
         self._entry: Entry[Any, T] | None = None
-        self._part: _Partition[Any, T] | None = None
-        self._state = _NEW
+        self._part: _Partition[Any, T] | None
 
     async def __aenter__(self) -> T:
-        if self._state != _NEW:
+        if self._entry is not None:
             raise RuntimeError(f"get({self._key!r}): a lease can be entered only once")
-        self._state = _ENTERED
         pool, key = self._pool, self._key
-        loop = asyncio.get_running_loop()
+        loop = _get_running_loop()
         part = pool._parts.get(loop)
         if part is not None:
             try:
                 entry = part.ledger.hit(key)
             except TypeError:
-                self._state = _NEW
                 raise _key_error("get", key) from None
             if entry is not None:
-                self._part, self._entry = part, entry
+                self._part = part
+                self._entry = entry
                 return entry.resource
+        self._entry = _ENTERING
         try:
-            self._part, self._entry = await pool._acquire(key, loop)
+            part, entry = await pool._acquire(key, loop)
         except BaseException:
-            self._state = _NEW
+            self._entry = None
             raise
-        return self._entry.resource
+        self._part = part
+        self._entry = entry
+        return entry.resource
 
     async def __aexit__(
         self,
@@ -162,19 +182,24 @@ class Resource(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        entry, part = self._entry, self._part
-        if self._state != _ENTERED or entry is None or part is None:
+        try:
+            part = self._part
+        except AttributeError:
+            part = None
+        if part is None:
             raise RuntimeError(
                 f"get({self._key!r}): a lease can be left only once, after entering"
             )
-        self._state = _EXITED
-        self._entry = self._part = None
-        action = part.ledger.release(entry, self._pool._now())
+        self._part = None
+        entry: Entry[Any, T] = self._entry  # type: ignore[assignment]
+        action = part.ledger.release(entry, part.now())
         if action:
-            await self._pool._released(part, entry, action)
+            await _gather_raising(self._pool._carry_out(part, entry, action))
 
     def __repr__(self) -> str:
-        state = ("new", "entered", "exited")[self._state]
+        state = "new" if self._entry is None else "entered"
+        if state == "entered" and getattr(self, "_part", None) is None:
+            state = "left" if self._entry is not _ENTERING else "entering"
         return f"<Resource key={self._key!r} {state}>"
 
 
@@ -211,6 +236,26 @@ class ResourcePool(Generic[K, T]):
     source and timer, for tests (:class:`ttlpool.testing.ManualClock`).
     Constructing a pool needs no running event loop.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_closed",
+        "_closing",
+        "_errors",
+        "_factory",
+        "_finalizer",
+        "_lock",
+        "_max_idle",
+        "_now",
+        "_on_error",
+        "_parts",
+        "_per_loop",
+        "_retired",
+        "_shared",
+        "_strays",
+        "_ttl",
+    )
 
     def __init__(
         self,
@@ -308,7 +353,7 @@ class ResourcePool(Generic[K, T]):
             return
         action = part.ledger.release(entry, self._now())
         if action:
-            await self._released(part, entry, action)
+            await _gather_raising(self._carry_out(part, entry, action))
 
     async def expire(self, key: K) -> None:
         """Retire ``key`` in every event loop's entries, draining leases first.
@@ -456,6 +501,8 @@ class ResourcePool(Generic[K, T]):
         if started:
             self._sweep(loop)
             self._create(part, found)
+        if found.done and found.entry is not None:
+            return part, found.entry
         return part, await self._wait(part, found)
 
     def _create(self, part: _Partition[K, T], creation: Creation[K, T]) -> None:
@@ -467,7 +514,7 @@ class ResourcePool(Generic[K, T]):
             if not isinstance(exc, Exception):
                 raise
             return
-        if inspect.isawaitable(result):
+        if _is_awaitable(result):
             self._track(
                 part, _spawn(part.loop, self._finish_creation(part, creation, result))
             )
@@ -487,8 +534,8 @@ class ResourcePool(Generic[K, T]):
                 self._report(exc, "create", creation.key)
             return
         action = self._settle(part, creation, resource)
-        if action:
-            await self._released(part, creation.entry, action)  # type: ignore[arg-type]
+        if action and creation.entry is not None:
+            await _gather_raising(self._carry_out(part, creation.entry, action))
 
     def _settle(
         self, part: _Partition[K, T], creation: Creation[K, T], outcome: Any
@@ -537,17 +584,11 @@ class ResourcePool(Generic[K, T]):
                     ledger: Ledger[K, T] = self._shared or Ledger(
                         self._ttl, self._max_idle
                     )
-                    part = self._parts[loop] = _Partition(loop, ledger)
+                    part = self._parts[loop] = _Partition(loop, ledger, self._now)
             self._sweep(loop)
         return part
 
     # -- releasing and finalizing --------------------------------------------
-
-    async def _released(
-        self, part: _Partition[K, T], entry: Entry[K, T], action: int
-    ) -> None:
-        """Carry out what a release decided: arm the timer, finalize now."""
-        await _gather_raising(self._carry_out(part, entry, action))
 
     def _release_soon(self, part: _Partition[K, T], entry: Entry[K, T]) -> None:
         """Release from a cancelled task: finalizers run in pool tasks."""
@@ -558,6 +599,8 @@ class ResourcePool(Generic[K, T]):
     def _carry_out(
         self, part: _Partition[K, T], entry: Entry[K, T], action: int
     ) -> list[Coroutine[Any, Any, None]]:
+        """Do what a release decided (arm the timer, finalize now); return
+        the finalizer awaits still to do."""
         if action & ARM:
             self._arm(part)
         doomed = [entry] if action & FINALIZE else []
@@ -590,7 +633,7 @@ class ResourcePool(Generic[K, T]):
                 ledger.finalized(entry, True)
                 interrupt = interrupt or exc
             else:
-                if inspect.isawaitable(result):
+                if _is_awaitable(result):
                     pending.append(self._finish_finalizer(ledger, entry, result))
                 else:
                     ledger.finalized(entry, True)
