@@ -85,12 +85,22 @@ class Entry(Generic[K, T]):
 class Creation(Generic[K, T]):
     """A factory call in flight for one key, and who is waiting for it.
 
-    ``listeners`` belongs to the driver (whatever it needs to wake a waiter
-    up); the ledger counts ``waiters`` and records the outcome: ``entry``
-    when the factory returned, ``error`` when it raised.
+    ``listeners`` and ``owner`` belong to the driver (how to wake a waiter
+    up, and who runs the factory); the ledger counts ``waiters`` and records
+    the outcome: ``entry`` when the factory returned, ``error`` when it
+    raised.
     """
 
-    __slots__ = ("done", "doomed", "entry", "error", "key", "listeners", "waiters")
+    __slots__ = (
+        "done",
+        "doomed",
+        "entry",
+        "error",
+        "key",
+        "listeners",
+        "owner",
+        "waiters",
+    )
 
     def __init__(self, key: K) -> None:
         self.key = key
@@ -100,6 +110,7 @@ class Creation(Generic[K, T]):
         self.entry: Entry[K, T] | None = None
         self.error: BaseException | None = None
         self.listeners: list[Any] = []
+        self.owner: object = None
 
 
 class Ledger(Generic[K, T]):
@@ -297,6 +308,15 @@ class Ledger(Generic[K, T]):
         """Take over the finalizing of entries another ledger evicted."""
         self.finalizing.update(entries)
 
+    def fail_creations(
+        self, owner: object, error: BaseException
+    ) -> list[Creation[K, T]]:
+        """Fail the creations ``owner`` runs (it can no longer finish them)."""
+        doomed = [c for c in self.creating.values() if c.owner is owner]
+        for creation in doomed:
+            self.failed(creation, error)
+        return doomed
+
     # -- time ----------------------------------------------------------------
 
     def timer_fired(
@@ -405,6 +425,12 @@ class LockedLedger(Ledger[K, T]):
     def adopt(self, entries: list[Entry[K, T]]) -> None:
         with self.lock:
             super().adopt(entries)
+
+    def fail_creations(
+        self, owner: object, error: BaseException
+    ) -> list[Creation[K, T]]:
+        with self.lock:
+            return super().fail_creations(owner, error)
 
     def timer_fired(
         self, now: float, limit: int

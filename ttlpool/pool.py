@@ -396,7 +396,7 @@ class ResourcePool(Generic[K, T]):
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             parts = [p for p in self._all_partitions() if _has_work(p)]
-            if not parts and not self._strays:
+            if not parts and not any(t.get_loop() is loop for t in self._strays):
                 return
             generation = _spawn(loop, self._clear_generation(parts))
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -499,7 +499,9 @@ class ResourcePool(Generic[K, T]):
         if isinstance(found, Entry):
             return part, found
         if started:
-            self._sweep(loop)
+            found.owner = part
+            if len(self._parts) > 1:
+                self._sweep(loop)
             self._create(part, found)
         if found.done and found.entry is not None:
             return part, found.entry
@@ -510,7 +512,7 @@ class ResourcePool(Generic[K, T]):
         try:
             result = self._factory(creation.key)
         except BaseException as exc:
-            self._settle(part, creation, exc)
+            self._settle(part, creation, error=exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -527,7 +529,7 @@ class ResourcePool(Generic[K, T]):
         try:
             resource = await awaitable
         except BaseException as exc:
-            self._settle(part, creation, exc)
+            self._settle(part, creation, error=exc)
             if not isinstance(exc, Exception):
                 raise
             if creation.waiters == 0:
@@ -538,17 +540,21 @@ class ResourcePool(Generic[K, T]):
             await _gather_raising(self._carry_out(part, creation.entry, action))
 
     def _settle(
-        self, part: _Partition[K, T], creation: Creation[K, T], outcome: Any
+        self,
+        part: _Partition[K, T],
+        creation: Creation[K, T],
+        resource: Any = None,
+        error: BaseException | None = None,
     ) -> int:
         """Record the factory's outcome and wake every waiter up."""
         ledger = part.ledger
         action = 0
-        if isinstance(outcome, BaseException):
+        if error is not None:
             if sys.version_info >= (3, 11):
-                outcome.add_note(f"ttlpool: factory for key {creation.key!r} failed")
-            ledger.failed(creation, outcome)
+                error.add_note(f"ttlpool: factory for key {creation.key!r} failed")
+            ledger.failed(creation, error)
         else:
-            action = ledger.created(creation, outcome, self._now())[1]
+            action = ledger.created(creation, resource, self._now())[1]
         for waiter in creation.listeners:
             _wake(waiter)
         return action
@@ -593,8 +599,8 @@ class ResourcePool(Generic[K, T]):
     def _release_soon(self, part: _Partition[K, T], entry: Entry[K, T]) -> None:
         """Release from a cancelled task: finalizers run in pool tasks."""
         action = part.ledger.release(entry, self._now())
-        for pending in self._carry_out(part, entry, action):
-            self._track(part, _spawn(part.loop, pending))
+        if action:
+            self._run_later(part, self._carry_out(part, entry, action))
 
     def _carry_out(
         self, part: _Partition[K, T], entry: Entry[K, T], action: int
@@ -638,8 +644,7 @@ class ResourcePool(Generic[K, T]):
                 else:
                     ledger.finalized(entry, True)
         if interrupt is not None:
-            for coro in pending:
-                self._track(part, _spawn(part.loop, coro))
+            self._run_later(part, pending)
             raise interrupt
         return pending
 
@@ -675,11 +680,7 @@ class ResourcePool(Generic[K, T]):
             return None  # retired by clear, aclose or a sweep meanwhile
         expired, _ = part.ledger.timer_fired(self._now(), REAP_SLICE)
         self._arm(part)
-        tasks = [
-            self._track(part, _spawn(part.loop, coro))
-            for coro in self._start_finalizers(part, expired)
-        ]
-        return tasks or None
+        return self._run_later(part, self._start_finalizers(part, expired)) or None
 
     def _cancel_timer(self, part: _Partition[K, T]) -> None:
         timer, part.timer = part.timer, None
@@ -687,6 +688,24 @@ class ResourcePool(Generic[K, T]):
             timer.cancel()
 
     # -- tasks, loops and partitions -----------------------------------------
+
+    def _run_later(
+        self, part: _Partition[K, T], coros: list[Coroutine[Any, Any, None]]
+    ) -> list[asyncio.Task[Any]]:
+        """Run each coroutine in a pool task on the running loop, tracked by
+        ``part`` when that is its loop (so clear waits for it)."""
+        loop = asyncio.get_running_loop()
+        home = part if part.loop is loop else self._parts.get(loop)
+        tasks = []
+        for coro in coros:
+            task = _spawn(loop, coro)
+            if home is not None:
+                self._track(home, task)
+            elif not task.done():
+                self._strays.add(task)
+                task.add_done_callback(self._strays.discard)
+            tasks.append(task)
+        return tasks
 
     def _track(
         self, part: _Partition[K, T], task: asyncio.Task[Any]
@@ -728,39 +747,46 @@ class ResourcePool(Generic[K, T]):
         return [(part.ledger, not part.loop.is_closed()) for part in parts]
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Finalize, on ``loop``, what partitions of closed loops left behind."""
-        if len(self._parts) + len(self._closing) < 2:
+        """Retire the partitions of closed loops, finishing their work here.
+
+        Per loop, what a closed loop left is finalized on ``loop``'s
+        partition. Shared, the ledger lives on: a timer armed on the closed
+        loop is re-armed here, and creations that loop was running fail.
+        Without a partition on ``loop`` nothing moves: ``clear`` finalizes
+        dead partitions itself.
+        """
+        here = self._parts.get(loop)
+        if here is None:
             return
         with self._lock:
             dead = [p for p in self._parts.values() if p.loop.is_closed()]
-            dead += [p for p in self._closing if p.loop.is_closed()]
             for part in dead:
-                self._parts.pop(part.loop, None)
-                if part in self._closing:
-                    self._closing.remove(part)
-        if not dead:
-            return
-        here = self._parts.get(loop) or next(
-            (p for p in self._closing if p.loop is loop), None
-        )
+                del self._parts[part.loop]
         for part in dead:
             if part.ledger is self._shared:
-                if part.timer is not None and here is not None:
-                    part.timer = None
-                    if self._shared.timer_lost(self._now()) is not None:
-                        self._arm(here)
+                self._retire_shared(part, here)
                 continue
             for name, attr in _TOTALS.items():
                 self._retired[name] += getattr(part.ledger, attr)
             orphans = part.ledger.abandon()
-            if here is None or not orphans:
-                continue
-            log.debug(
-                "ttlpool: finalizing %d entries left by a closed loop", len(orphans)
-            )
-            here.ledger.adopt(orphans)
-            for coro in self._start_finalizers(here, orphans):
-                self._track(here, _spawn(loop, coro))
+            if orphans:
+                log.debug(
+                    "ttlpool: finalizing %d entries left by a closed loop",
+                    len(orphans),
+                )
+                here.ledger.adopt(orphans)
+                self._run_later(here, self._start_finalizers(here, orphans))
+
+    def _retire_shared(self, dead: _Partition[K, T], here: _Partition[K, T]) -> None:
+        ledger = dead.ledger
+        gone = RuntimeError("acquire: the event loop running the factory closed")
+        for creation in ledger.fail_creations(dead, gone):
+            for waiter in creation.listeners:
+                _wake(waiter)
+        if dead.timer is not None:
+            dead.timer = None
+            if ledger.timer_lost(self._now()) is not None:
+                self._arm(here)
 
     async def _on_loop(
         self, part: _Partition[K, T], work: Callable[[], Coroutine[Any, Any, R]]
@@ -791,24 +817,41 @@ class ResourcePool(Generic[K, T]):
                 return await work()
 
     async def _clear_generation(self, parts: list[_Partition[K, T]]) -> None:
+        loop, me = asyncio.get_running_loop(), asyncio.current_task()
+        strays = {t for t in self._strays if t is not me and t.get_loop() is loop}
         await _gather_raising(
-            self._on_loop(part, functools.partial(self._clear_partition, part))
-            for part in parts
+            [
+                *(
+                    self._on_loop(part, functools.partial(self._clear_partition, part))
+                    for part in parts
+                ),
+                *([asyncio.wait(strays)] if strays else []),
+            ]
         )
 
     async def _clear_partition(self, part: _Partition[K, T]) -> None:
-        """Evict and finalize all of one partition; wait for its creations."""
+        """Evict and finalize all of one partition; wait for its pool tasks.
+
+        On its own running loop, creations in flight finish (their tasks
+        are awaited) and the next generation finalizes them. A partition
+        whose loop no longer runs can finish nothing: its creations are
+        dropped and its entries finalized here.
+        """
         self._cancel_timer(part)
-        live = part.is_live() and part.loop is asyncio.get_running_loop()
         ledger = part.ledger
-        evicted = (
-            ledger.evict_all() if live or ledger is self._shared else ledger.abandon()
-        )
+        if part.loop is asyncio.get_running_loop() or ledger is self._shared:
+            evicted = ledger.evict_all()
+            waits = part.tasks - {asyncio.current_task()}
+        else:
+            evicted = ledger.abandon()
+            ledger.adopt(evicted)
+            waits = set()
+            part.tasks.clear()
         try:
             pending = self._start_finalizers(part, evicted)
         finally:
-            if live and part.tasks:
-                await asyncio.wait(list(part.tasks))
+            if waits:
+                await asyncio.wait(waits)
         await _gather_raising(pending)
         with self._lock:
             if part in self._closing and not _has_work(part):
