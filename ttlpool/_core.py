@@ -65,12 +65,14 @@ EVICTED: Final = 4
 class Entry(Generic[K, T]):
     """One key's resource with its reference count and idle deadline."""
 
-    __slots__ = ("deadline", "doomed", "key", "live", "refs", "resource")
+    __slots__ = ("deadline", "doomed", "key", "keyed", "live", "refs", "resource")
 
     def __init__(self, key: K, resource: T, refs: int, doomed: bool) -> None:
         self.key = key
         self.resource = resource
         self.refs = refs
+        #: How many of ``refs`` were taken by key (``acquire``), not by lease.
+        self.keyed = 0
         #: When an idle entry expires (``math.inf`` when it never does).
         self.deadline = math.inf
         #: Marked by ``expire``: finalize at the last release.
@@ -124,6 +126,8 @@ class Ledger(Generic[K, T]):
         self.creating: dict[K, Creation[K, T]] = {}
         self.finalizing: set[Entry[K, T]] = set()
         self.victims: list[Entry[K, T]] = []
+        #: Key-based releases still owed to entries ``evict_all`` retired.
+        self.owed: dict[K, int] = {}
         self.timer_deadline: float | None = None
         # Running totals.
         self.hits = 0
@@ -192,6 +196,31 @@ class Ledger(Generic[K, T]):
             action |= ARM
         return action
 
+    def hold(self, entry: Entry[K, T]) -> None:
+        """Note that the latest reference of ``entry`` was taken by key."""
+        entry.keyed += 1
+
+    def release_key(self, key: K, now: float) -> tuple[Entry[K, T] | None, int]:
+        """Release one key-based reference of ``key``.
+
+        A release owed to an entry that ``evict_all`` retired while held is
+        a no-op, so it never drops a reference of the key's newer entry.
+        Otherwise this is ``release`` of the key's live entry, if any.
+        """
+        owed = self.owed.get(key)
+        if owed:
+            if owed == 1:
+                del self.owed[key]
+            else:
+                self.owed[key] = owed - 1
+            return None, 0
+        entry = self.entries.get(key)
+        if entry is None:
+            return None, 0
+        if entry.keyed > 0:
+            entry.keyed -= 1
+        return entry, Ledger.release(self, entry, now)
+
     def take_victims(self) -> list[Entry[K, T]]:
         """The entries ``max_idle`` evicted since the last call."""
         victims, self.victims = self.victims, []
@@ -205,7 +234,7 @@ class Ledger(Generic[K, T]):
         The flag is true when this call started the creation, which makes
         the caller its first waiter and the one to call the factory.
         """
-        entry = self.hit(key)
+        entry = Ledger.hit(self, key)  # not an override: the lock is held
         if entry is not None:
             return entry, False
         self.misses += 1
@@ -244,7 +273,7 @@ class Ledger(Generic[K, T]):
         creation.entry = entry
         creation.done = True
         self.entries[creation.key] = entry
-        return entry, 0 if waiters else self.release(entry, now)
+        return entry, 0 if waiters else Ledger.release(self, entry, now)
 
     def failed(self, creation: Creation[K, T], error: BaseException) -> None:
         """The factory raised: every waiter gets ``error``, nothing is cached."""
@@ -289,6 +318,8 @@ class Ledger(Generic[K, T]):
         for entry in evicted:
             entry.live = False
             self.finalizing.add(entry)
+            if entry.keyed:
+                self.owed[entry.key] = self.owed.get(entry.key, 0) + entry.keyed
         self.entries.clear()
         self.idle.clear()
         self.timer_deadline = None
@@ -302,6 +333,7 @@ class Ledger(Generic[K, T]):
         evicted = self.evict_all()
         self.creating.clear()
         self.finalizing.clear()
+        self.owed.clear()
         return evicted
 
     def adopt(self, entries: list[Entry[K, T]]) -> None:
@@ -314,7 +346,7 @@ class Ledger(Generic[K, T]):
         """Fail the creations ``owner`` runs (it can no longer finish them)."""
         doomed = [c for c in self.creating.values() if c.owner is owner]
         for creation in doomed:
-            self.failed(creation, error)
+            Ledger.failed(self, creation, error)
         return doomed
 
     # -- time ----------------------------------------------------------------
@@ -383,6 +415,14 @@ class LockedLedger(Ledger[K, T]):
     def release(self, entry: Entry[K, T], now: float) -> int:
         with self.lock:
             return super().release(entry, now)
+
+    def hold(self, entry: Entry[K, T]) -> None:
+        with self.lock:
+            super().hold(entry)
+
+    def release_key(self, key: K, now: float) -> tuple[Entry[K, T] | None, int]:
+        with self.lock:
+            return super().release_key(key, now)
 
     def take_victims(self) -> list[Entry[K, T]]:
         with self.lock:

@@ -292,7 +292,7 @@ class ResourcePool(Generic[K, T]):
         self._shared: LockedLedger[K, T] | None = (
             None
             if self._per_loop
-            else LockedLedger(self._ttl, self._max_idle, self._lock)
+            else LockedLedger(self._ttl, self._max_idle, threading.Lock())
         )
         self._closed = False
         #: Running totals of ledgers that were dropped (loops that closed).
@@ -329,8 +329,9 @@ class ResourcePool(Generic[K, T]):
             entry = part.ledger.hit(key) if part is not None else None
         except TypeError:
             raise _key_error("acquire", key) from None
-        if entry is None:
-            entry = (await self._acquire(key, loop))[1]
+        if part is None or entry is None:
+            part, entry = await self._acquire(key, loop)
+        part.ledger.hold(entry)
         return entry.resource
 
     async def release(self, key: K) -> None:
@@ -342,17 +343,14 @@ class ResourcePool(Generic[K, T]):
         becomes idle until its deadline.
         """
         part = self._parts.get(asyncio.get_running_loop())
-        if part is None:
-            hash(key)
-            return
         try:
-            entry = part.ledger.entries.get(key)
+            if part is None:
+                hash(key)
+                return
+            entry, action = part.ledger.release_key(key, self._now())
         except TypeError:
             raise _key_error("release", key) from None
-        if entry is None:
-            return
-        action = part.ledger.release(entry, self._now())
-        if action:
+        if entry is not None and action:
             await _gather_raising(self._carry_out(part, entry, action))
 
     async def expire(self, key: K) -> None:
@@ -394,22 +392,35 @@ class ResourcePool(Generic[K, T]):
         loop = asyncio.get_running_loop()
         self._sweep(loop)
         deadline = None if timeout is None else loop.time() + timeout
+        interrupt: BaseException | None = None
         while True:
             parts = [p for p in self._all_partitions() if _has_work(p)]
             if not parts and not any(t.get_loop() is loop for t in self._strays):
-                return
-            generation = _spawn(loop, self._clear_generation(parts))
+                break
+            try:
+                generation = self._clear_generation(loop, parts)
+            except BaseException as exc:  # a sync finalizer raised it
+                interrupt = interrupt or exc
+                continue
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            done, _ = await asyncio.wait({generation}, timeout=remaining)
+            try:
+                done, _ = await asyncio.wait({generation}, timeout=remaining)
+            finally:
+                if not generation.done():  # timed out, or the caller cancelled
+                    self._strays.add(generation)
+                    generation.add_done_callback(self._strays.discard)
             if not done:
-                self._strays.add(generation)
-                generation.add_done_callback(self._strays.discard)
-                left = sorted({repr(k) for p in parts for k in _keys_of(p)})
+                left = sorted(
+                    {repr(k) for p in self._all_partitions() for k in _keys_of(p)}
+                )
                 raise TimeoutError(
                     f"clear: timed out after {timeout}s with keys still being "
                     f"finalized or created: {', '.join(left) or '(finalizer tasks)'}"
                 )
-            generation.result()
+            if generation.exception() is not None:
+                interrupt = interrupt or generation.exception()
+        if interrupt is not None:
+            raise interrupt
 
     async def aclose(self) -> None:
         """Close the pool for good, then :meth:`clear` it.
@@ -491,7 +502,7 @@ class ResourcePool(Generic[K, T]):
         self, key: K, loop: asyncio.AbstractEventLoop
     ) -> tuple[_Partition[K, T], Entry[K, T]]:
         """The slow path of an acquire: new loop, miss, or closed pool."""
-        part = self._partition(loop)
+        part = self._partition(loop, key)
         try:
             found, started = part.ledger.lookup(key)
         except TypeError:
@@ -579,12 +590,12 @@ class ResourcePool(Generic[K, T]):
         assert creation.entry is not None
         return creation.entry
 
-    def _partition(self, loop: asyncio.AbstractEventLoop) -> _Partition[K, T]:
+    def _partition(self, loop: asyncio.AbstractEventLoop, key: K) -> _Partition[K, T]:
         part = self._parts.get(loop)
         if part is None or self._closed:
             with self._lock:
                 if self._closed:
-                    raise PoolClosedError("acquire: the pool is closed")
+                    raise PoolClosedError(f"acquire({key!r}): the pool is closed")
                 part = self._parts.get(loop)
                 if part is None:
                     ledger: Ledger[K, T] = self._shared or Ledger(
@@ -800,7 +811,12 @@ class ResourcePool(Generic[K, T]):
 
         def start() -> None:
             if handover.set_running_or_notify_cancel():
-                task = target.create_task(work())
+                try:
+                    coro = work()
+                except BaseException as exc:  # a sync finalizer raised it
+                    handover.set_exception(exc)
+                    return
+                task = target.create_task(coro)
                 task.add_done_callback(functools.partial(_copy_outcome, handover))
 
         try:
@@ -816,26 +832,44 @@ class ResourcePool(Generic[K, T]):
                 result.cancel()
                 return await work()
 
-    async def _clear_generation(self, parts: list[_Partition[K, T]]) -> None:
-        loop, me = asyncio.get_running_loop(), asyncio.current_task()
+    def _clear_generation(
+        self, loop: asyncio.AbstractEventLoop, parts: list[_Partition[K, T]]
+    ) -> asyncio.Task[None]:
+        """Evict every partition (this loop's right now, others' on their
+        own loop) and return the task that finishes their finalizers.
+
+        A ``BaseException`` from a sync finalizer is re-raised after every
+        partition here was evicted.
+        """
+        me = asyncio.current_task()
+        steps: list[Awaitable[Any]] = []
+        interrupt: BaseException | None = None
+        for part in parts:
+            if part.loop is loop or not part.is_live():
+                try:
+                    steps.append(self._clear_partition(part))
+                except BaseException as exc:
+                    interrupt = interrupt or exc
+            else:
+                work = functools.partial(self._clear_partition, part)
+                steps.append(self._on_loop(part, work))
         strays = {t for t in self._strays if t is not me and t.get_loop() is loop}
-        await _gather_raising(
-            [
-                *(
-                    self._on_loop(part, functools.partial(self._clear_partition, part))
-                    for part in parts
-                ),
-                *([asyncio.wait(strays)] if strays else []),
-            ]
-        )
+        if strays:
+            steps.append(asyncio.wait(strays))
+        task = _spawn(loop, _gather_raising(steps))
+        if interrupt is not None:
+            self._strays.add(task)
+            task.add_done_callback(self._strays.discard)
+            raise interrupt
+        return task
 
-    async def _clear_partition(self, part: _Partition[K, T]) -> None:
-        """Evict and finalize all of one partition; wait for its pool tasks.
+    def _clear_partition(self, part: _Partition[K, T]) -> Coroutine[Any, Any, None]:
+        """Evict all of one partition now; return what finishes its clear.
 
-        On its own running loop, creations in flight finish (their tasks
-        are awaited) and the next generation finalizes them. A partition
-        whose loop no longer runs can finish nothing: its creations are
-        dropped and its entries finalized here.
+        On its own running loop, the rest waits for the partition's pool
+        tasks, so creations in flight finish (the next generation finalizes
+        them). A partition whose loop no longer runs can finish nothing: its
+        creations are dropped and its entries finalized on the caller's loop.
         """
         self._cancel_timer(part)
         ledger = part.ledger
@@ -847,15 +881,23 @@ class ResourcePool(Generic[K, T]):
             ledger.adopt(evicted)
             waits = set()
             part.tasks.clear()
+        pending = self._start_finalizers(part, evicted)
+        return self._finish_clear(part, pending, waits)
+
+    async def _finish_clear(
+        self,
+        part: _Partition[K, T],
+        pending: list[Coroutine[Any, Any, None]],
+        waits: set[asyncio.Task[Any]],
+    ) -> None:
         try:
-            pending = self._start_finalizers(part, evicted)
+            await _gather_raising(pending)
         finally:
             if waits:
                 await asyncio.wait(waits)
-        await _gather_raising(pending)
-        with self._lock:
-            if part in self._closing and not _has_work(part):
-                self._closing.remove(part)
+            with self._lock:
+                if part in self._closing and not _has_work(part):
+                    self._closing.remove(part)
 
 
 _TOTALS = {
