@@ -121,13 +121,17 @@ async def test_any_awaitable_from_factory_or_finalizer_is_awaited(kind: str) -> 
     ("ttl", "error"),
     [(-1, ValueError), (math.nan, ValueError), (True, TypeError), ("5", TypeError)],
 )
-def test_bad_ttl_fails_at_construction_naming_it(ttl: Any, error: type[Exception]) -> None:
+def test_bad_ttl_fails_at_construction_naming_it(
+    ttl: Any, error: type[Exception]
+) -> None:
     with pytest.raises(error, match="ttl"):
         ResourcePool(Recorder().factory, ttl=ttl)
 
 
 @pytest.mark.parametrize(("max_idle", "error"), [(-1, ValueError), (1.5, TypeError)])
-def test_bad_max_idle_fails_at_construction(max_idle: Any, error: type[Exception]) -> None:
+def test_bad_max_idle_fails_at_construction(
+    max_idle: Any, error: type[Exception]
+) -> None:
     with pytest.raises(error, match="max_idle"):
         ResourcePool(Recorder().factory, ttl=1, max_idle=max_idle)
 
@@ -312,7 +316,9 @@ async def test_a_slow_factory_never_delays_other_keys() -> None:
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-async def test_a_failing_factory_reaches_every_waiter_and_caches_nothing(kind: str) -> None:
+async def test_a_failing_factory_reaches_every_waiter_and_caches_nothing(
+    kind: str,
+) -> None:
     calls = 0
 
     async def afactory(key: str) -> object:
@@ -581,3 +587,25 @@ async def test_expire_marks_an_entry_being_created() -> None:
     assert finalized == []
     await pool.release("k")
     assert finalized == ["resource"] and len(pool) == 0
+
+
+async def test_a_waiter_is_a_holder_once_its_creation_finished() -> None:
+    made, finalized = Creation(), []
+    pool = ResourcePool(made.factory, finalizer=finalized.append, ttl=10)
+    waiter = asyncio.create_task(pool.acquire("k"))
+    await asyncio.sleep(0)
+    made.pending["k"].set_result("first")
+    # The creation finishes and wakes the waiter up, and clear (scheduled
+    # right behind the creation) evicts the new entry before it resumes:
+    # like every holder of a cleared entry, the waiter keeps its object.
+    clearing = asyncio.create_task(pool.clear())
+    assert await waiter == "first"
+    await clearing
+    assert finalized == ["first"] and len(pool) == 0
+    await pool.release("k")  # owed to the cleared entry: a no-op
+    second = asyncio.create_task(pool.acquire("k"))  # a new creation
+    await until(lambda: pool.stats.creating == 1)
+    made.pending["k"].set_result("second")
+    assert await second == "second"
+    await pool.release("k")
+    await pool.aclose()

@@ -241,6 +241,7 @@ class Ledger(Generic[K, T]):
         creation = self.creating.get(key)
         if creation is not None:
             creation.waiters += 1
+            creation.doomed = False  # acquired again: like a hit, clears expire's mark
             return creation, False
         creation = self.creating[key] = Creation(key)
         return creation, True

@@ -168,7 +168,7 @@ class Resource(Generic[T]):
                 return entry.resource
         self._entry = _ENTERING
         try:
-            part, entry = await pool._acquire(key, loop)
+            part, entry = await pool._acquire(key, loop, "get")
         except BaseException:
             self._entry = None
             raise
@@ -499,14 +499,14 @@ class ResourcePool(Generic[K, T]):
     # -- acquiring -----------------------------------------------------------
 
     async def _acquire(
-        self, key: K, loop: asyncio.AbstractEventLoop
+        self, key: K, loop: asyncio.AbstractEventLoop, operation: str = "acquire"
     ) -> tuple[_Partition[K, T], Entry[K, T]]:
         """The slow path of an acquire: new loop, miss, or closed pool."""
-        part = self._partition(loop, key)
+        part = self._partition(loop, key, operation)
         try:
             found, started = part.ledger.lookup(key)
         except TypeError:
-            raise _key_error("acquire", key) from None
+            raise _key_error(operation, key) from None
         if isinstance(found, Entry):
             return part, found
         if started:
@@ -514,6 +514,9 @@ class ResourcePool(Generic[K, T]):
             if len(self._parts) > 1:
                 self._sweep(loop)
             self._create(part, found)
+        # A waiter is counted as a holder the moment the factory returns: if
+        # clear retires the entry before the waiter resumes, the waiter keeps
+        # the object like any other holder of a cleared entry.
         if found.done and found.entry is not None:
             return part, found.entry
         return part, await self._wait(part, found)
@@ -590,12 +593,14 @@ class ResourcePool(Generic[K, T]):
         assert creation.entry is not None
         return creation.entry
 
-    def _partition(self, loop: asyncio.AbstractEventLoop, key: K) -> _Partition[K, T]:
+    def _partition(
+        self, loop: asyncio.AbstractEventLoop, key: K, operation: str
+    ) -> _Partition[K, T]:
         part = self._parts.get(loop)
         if part is None or self._closed:
             with self._lock:
                 if self._closed:
-                    raise PoolClosedError(f"acquire({key!r}): the pool is closed")
+                    raise PoolClosedError(f"{operation}({key!r}): the pool is closed")
                 part = self._parts.get(loop)
                 if part is None:
                     ledger: Ledger[K, T] = self._shared or Ledger(
@@ -777,8 +782,7 @@ class ResourcePool(Generic[K, T]):
             if part.ledger is self._shared:
                 self._retire_shared(part, here)
                 continue
-            for name, attr in _TOTALS.items():
-                self._retired[name] += getattr(part.ledger, attr)
+            self._retire(part)
             orphans = part.ledger.abandon()
             if orphans:
                 log.debug(
@@ -787,6 +791,12 @@ class ResourcePool(Generic[K, T]):
                 )
                 here.ledger.adopt(orphans)
                 self._run_later(here, self._start_finalizers(here, orphans))
+
+    def _retire(self, part: _Partition[K, T]) -> None:
+        """Keep the running totals of a per-loop ledger that goes away."""
+        if part.ledger is not self._shared:
+            for name, attr in _TOTALS.items():
+                self._retired[name] += getattr(part.ledger, attr)
 
     def _retire_shared(self, dead: _Partition[K, T], here: _Partition[K, T]) -> None:
         ledger = dead.ledger
@@ -896,8 +906,13 @@ class ResourcePool(Generic[K, T]):
             if waits:
                 await asyncio.wait(waits)
             with self._lock:
-                if part in self._closing and not _has_work(part):
+                if (
+                    part in self._closing
+                    and not _has_work(part)
+                    and not part.ledger.finalizing
+                ):
                     self._closing.remove(part)
+                    self._retire(part)
 
 
 _TOTALS = {

@@ -139,6 +139,14 @@ async def _until_dead(thread: threading.Thread, bound: float) -> bool:
     return True
 
 
+def _start_thread(worker: _WorkerLoop) -> None:
+    try:
+        worker.thread.start()
+    except BaseException:
+        worker.loop.close()
+        raise
+
+
 class _Request(Protocol):
     """What a worker tracks: a call or a lease it must end if it goes away."""
 
@@ -594,6 +602,7 @@ class WorkerLoopPool:
         self._closed = False
         self._stopping = False
         self._numbers = itertools.count(1)
+        #: Every thread started, to name those alive if stop times out.
         self._threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         #: Control tasks serving a request (control loop only).
         self._serving: set[asyncio.Task[None]] = set()
@@ -754,7 +763,9 @@ class WorkerLoopPool:
             remaining = math.inf if bound is None else bound - (loop.time() - started)
             if await _until_dead(control.thread, max(0.0, min(remaining, 5.0))):
                 return
-        alive = sorted(t.name for t in list(self._threads) if t.is_alive())
+        with self._lock:
+            threads = list(self._threads)
+        alive = sorted(t.name for t in threads if t.is_alive())
         raise TimeoutError(
             f"stop: timed out after {timeout}s with threads of {self._name!r} "
             f"still running: {', '.join(alive)}"
@@ -805,16 +816,9 @@ class WorkerLoopPool:
             self._drain_timeout,
             self._join_timeout,
         )
-        self._start_thread(control)
+        _start_thread(control)
+        self._threads.add(control.thread)  # under self._lock (see _dispatch)
         return control
-
-    def _start_thread(self, worker: _WorkerLoop) -> None:
-        try:
-            worker.thread.start()
-        except BaseException:
-            worker.loop.close()
-            raise
-        self._threads.add(worker.thread)
 
     # -- control loop --------------------------------------------------------------
 
@@ -850,7 +854,9 @@ class WorkerLoopPool:
             self._drain_timeout,
             self._join_timeout,
         )
-        self._start_thread(worker)
+        _start_thread(worker)
+        with self._lock:
+            self._threads.add(worker.thread)
         return worker
 
     async def _retire_worker(self, worker: _WorkerLoop) -> None:
