@@ -403,7 +403,7 @@ async def test_when_every_waiter_is_cancelled_the_resource_still_enters_the_pool
     await pool.aclose()
 
 
-async def test_a_waiter_cancelled_after_the_creation_finished_gives_its_reference_back() -> (
+async def test_a_waiter_cancelled_after_its_creation_finished_gives_back_its_ref() -> (
     None
 ):
     made = Creation()
@@ -482,7 +482,7 @@ async def test_the_pool_reaps_by_itself_on_the_real_clock() -> None:
     assert len(pool) == 0 and pool.stats.expired == 1
 
 
-async def test_expiry_is_atomic_and_a_new_acquire_never_waits_for_the_old_finalizer() -> (
+async def test_expiry_is_atomic_and_a_new_acquire_never_waits_for_the_finalizer() -> (
     None
 ):
     rec, clock, gate = Recorder(), ManualClock(), asyncio.Event()
