@@ -4,10 +4,20 @@ See :class:`ResourcePool` for the contract and :class:`WorkerLoopPool` for
 warm event loops on daemon threads.
 """
 
+from ttlpool.drain import DrainReport, drain_tasks
 from ttlpool.errors import PoolClosedError
 from ttlpool.pool import Resource, ResourcePool
 from ttlpool.stats import PoolStats
+from ttlpool.worker import WorkerLoopPool
 
-__all__ = ["PoolClosedError", "PoolStats", "Resource", "ResourcePool"]
+__all__ = [
+    "DrainReport",
+    "PoolClosedError",
+    "PoolStats",
+    "Resource",
+    "ResourcePool",
+    "WorkerLoopPool",
+    "drain_tasks",
+]
 
 __version__ = "0.1.0"
