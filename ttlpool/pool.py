@@ -29,8 +29,15 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
-from inspect import CO_ITERABLE_COROUTINE
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Hashable,
+    Iterable,
+)
+from inspect import CO_ITERABLE_COROUTINE, CORO_CREATED, getcoroutinestate
 from types import GeneratorType, TracebackType
 from typing import Any, Generic, TypeGuard, TypeVar
 
@@ -94,6 +101,24 @@ async def _await(awaitable: Awaitable[R]) -> R:
     return await awaitable
 
 
+def _leftover(
+    work: Callable[[], Coroutine[Any, Any, R]], begun: list[Coroutine[Any, Any, R]]
+) -> Callable[[], Coroutine[Any, Any, R]]:
+    """What is left of a hand-over that the other loop dropped as it stopped.
+
+    ``work()`` ran there when the task was created (evictions, finalizer
+    calls); if the coroutine it returned never started, that coroutine is
+    what is left. Otherwise ``work()`` again, for whatever remains.
+    """
+    if begun:
+        wrapper, coro = begun
+        if getcoroutinestate(wrapper) == CORO_CREATED:
+            wrapper.close()  # its task never ran, and never will
+        if getcoroutinestate(coro) == CORO_CREATED:
+            return lambda: coro
+    return work
+
+
 def _is_awaitable(obj: object) -> TypeGuard[Awaitable[Any]]:
     """``inspect.isawaitable``, without its slow ABC check on plain objects."""
     if hasattr(type(obj), "__await__"):
@@ -110,7 +135,7 @@ def _key_error(operation: str, key: object) -> TypeError:
 class _Partition(Generic[K, T]):
     """One event loop's view of the pool: ledger, timer and tracked tasks."""
 
-    __slots__ = ("ledger", "loop", "now", "tasks", "timer")
+    __slots__ = ("ledger", "loop", "now", "tasks", "thread", "timer")
 
     def __init__(
         self,
@@ -123,11 +148,72 @@ class _Partition(Generic[K, T]):
         self.now = now
         self.timer: Any = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        #: The thread that runs ``loop`` (the one that made the partition).
+        self.thread = threading.current_thread()
 
-    def is_live(self) -> bool:
-        """Its loop can still run its work (it runs, or it is the caller's)."""
+    def is_here(self) -> bool:
+        """Whether its work may run on the calling thread right now.
+
+        True for the running loop's own partition and for a loop that can
+        never run again: closed, or stopped with its thread here or gone.
+        A loop that is merely stopped in another live thread may run again
+        (``asyncio.run`` stops and restarts its loop while shutting down),
+        so its ledger is left to it.
+        """
         loop = self.loop
-        return loop.is_running() and not loop.is_closed()
+        if loop.is_closed():
+            return True
+        if loop.is_running():
+            return loop is _get_running_loop()
+        return self.thread is threading.current_thread() or not self.thread.is_alive()
+
+
+class _Finalizing:
+    """A finalizer's awaitable still to await, with its bookkeeping.
+
+    ``abandon`` settles it if the task meant to run it was cancelled before
+    it started (its loop shut down first), so nothing is left un-awaited or
+    counted as pending for ever.
+    """
+
+    __slots__ = ("awaitable", "entry", "ledger", "pool", "started")
+
+    def __init__(
+        self,
+        pool: ResourcePool[Any, Any],
+        ledger: Ledger[Any, Any],
+        entry: Entry[Any, Any],
+        awaitable: Awaitable[object],
+    ) -> None:
+        self.pool = pool
+        self.ledger = ledger
+        self.entry = entry
+        self.awaitable = awaitable
+        self.started = False
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.run().__await__()
+
+    async def run(self) -> None:
+        self.started = True
+        failed = False
+        try:
+            await self.awaitable
+        except Exception as exc:
+            failed = True
+            self.pool._report(exc, "finalize", self.entry.key)
+        finally:  # a cancelled finalizer counts as done, not as an error
+            self.ledger.finalized(self.entry, not failed)
+
+    def abandon(self, task: asyncio.Task[None]) -> None:
+        if self.started or not task.cancelled():
+            return
+        close = getattr(self.awaitable, "close", None)
+        if close is not None:
+            close()
+        self.ledger.finalized(self.entry, False)
+        error = RuntimeError("finalizer never ran: its event loop shut down first")
+        self.pool._report(error, "finalize", self.entry.key)
 
 
 class Resource(Generic[T]):
@@ -620,7 +706,7 @@ class ResourcePool(Generic[K, T]):
 
     def _carry_out(
         self, part: _Partition[K, T], entry: Entry[K, T], action: int
-    ) -> list[Coroutine[Any, Any, None]]:
+    ) -> list[_Finalizing]:
         """Do what a release decided (arm the timer, finalize now); return
         the finalizer awaits still to do."""
         if action & ARM:
@@ -632,13 +718,13 @@ class ResourcePool(Generic[K, T]):
 
     def _start_finalizers(
         self, part: _Partition[K, T], entries: Iterable[Entry[K, T]]
-    ) -> list[Coroutine[Any, Any, None]]:
+    ) -> list[_Finalizing]:
         """Call the finalizer of each entry; return the awaits still to do.
 
         Every finalizer is called even if one raises a ``BaseException``,
         which is re-raised after the last call.
         """
-        pending: list[Coroutine[Any, Any, None]] = []
+        pending: list[_Finalizing] = []
         interrupt: BaseException | None = None
         ledger = part.ledger
         finalizer = self._finalizer
@@ -656,25 +742,13 @@ class ResourcePool(Generic[K, T]):
                 interrupt = interrupt or exc
             else:
                 if _is_awaitable(result):
-                    pending.append(self._finish_finalizer(ledger, entry, result))
+                    pending.append(_Finalizing(self, ledger, entry, result))
                 else:
                     ledger.finalized(entry, True)
         if interrupt is not None:
             self._run_later(part, pending)
             raise interrupt
         return pending
-
-    async def _finish_finalizer(
-        self, ledger: Ledger[K, T], entry: Entry[K, T], awaitable: Awaitable[object]
-    ) -> None:
-        ok = False
-        try:
-            await awaitable
-            ok = True
-        except Exception as exc:
-            self._report(exc, "finalize", entry.key)
-        finally:
-            ledger.finalized(entry, ok)
 
     async def _expire_in(self, part: _Partition[K, T], key: K) -> None:
         entry = part.ledger.expire(key)
@@ -706,15 +780,16 @@ class ResourcePool(Generic[K, T]):
     # -- tasks, loops and partitions -----------------------------------------
 
     def _run_later(
-        self, part: _Partition[K, T], coros: list[Coroutine[Any, Any, None]]
+        self, part: _Partition[K, T], pending: list[_Finalizing]
     ) -> list[asyncio.Task[Any]]:
-        """Run each coroutine in a pool task on the running loop, tracked by
-        ``part`` when that is its loop (so clear waits for it)."""
+        """Finish each finalizer in a pool task on the running loop, tracked
+        by ``part`` when that is its loop (so clear waits for it)."""
         loop = asyncio.get_running_loop()
         home = part if part.loop is loop else self._parts.get(loop)
         tasks = []
-        for coro in coros:
-            task = _spawn(loop, coro)
+        for finalizing in pending:
+            task = _spawn(loop, finalizing.run())
+            task.add_done_callback(finalizing.abandon)
             if home is not None:
                 self._track(home, task)
             elif not task.done():
@@ -757,9 +832,15 @@ class ResourcePool(Generic[K, T]):
 
     def _ledgers(self) -> list[tuple[Ledger[K, T], bool]]:
         """Each ledger once, with whether its timer can still fire."""
-        if self._shared is not None:
-            return [(self._shared, True)]
         parts = [*self._parts.values(), *self._closing]
+        if self._shared is not None:
+            # Shared idle deadlines are pending only while the loop that
+            # holds the one armed timer can still fire it.
+            ledger = self._shared
+            armed = ledger.timer_deadline is None or any(
+                p.timer is not None and not p.loop.is_closed() for p in parts
+            )
+            return [(ledger, armed)]
         return [(part.ledger, not part.loop.is_closed()) for part in parts]
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -775,7 +856,15 @@ class ResourcePool(Generic[K, T]):
         if here is None:
             return
         with self._lock:
-            dead = [p for p in self._parts.values() if p.loop.is_closed()]
+            # A partition whose entries another loop's clear or expire is
+            # still finalizing is retired by a later sweep, once that is
+            # done: its ledger counts those finalizations until then.
+            dead = [
+                p
+                for p in self._parts.values()
+                if p.loop.is_closed()
+                and (p.ledger is self._shared or not p.ledger.finalizing)
+            ]
             for part in dead:
                 del self._parts[part.loop]
         for part in dead:
@@ -814,10 +903,10 @@ class ResourcePool(Generic[K, T]):
     ) -> R:
         """Run ``work()`` on ``part``'s loop while it runs, else right here."""
         target = part.loop
-        here = asyncio.get_running_loop()
-        if target is here or not part.is_live():
+        if part.is_here():
             return await work()
         handover: concurrent.futures.Future[R] = concurrent.futures.Future()
+        begun: list[Coroutine[Any, Any, R]] = []
 
         def start() -> None:
             if handover.set_running_or_notify_cancel():
@@ -826,7 +915,11 @@ class ResourcePool(Generic[K, T]):
                 except BaseException as exc:  # a sync finalizer raised it
                     handover.set_exception(exc)
                     return
-                task = target.create_task(coro)
+                # Wrapped: if the task is cancelled or dropped before its
+                # first step, coro is left unstarted (see _leftover).
+                wrapper = _await(coro)
+                begun.extend((wrapper, coro))
+                task = target.create_task(wrapper)
                 task.add_done_callback(functools.partial(_copy_outcome, handover))
 
         try:
@@ -837,10 +930,17 @@ class ResourcePool(Generic[K, T]):
         while True:
             done, _ = await asyncio.wait({result}, timeout=_HANDOVER_POLL)
             if done:
-                return result.result()
-            if target.is_closed() or (not target.is_running() and handover.cancel()):
+                try:
+                    return result.result()
+                except asyncio.CancelledError:
+                    # Not our cancellation (that comes out of wait()): the
+                    # other loop cancelled the task as it shut down, as
+                    # asyncio.run does with every task left. Hand what is
+                    # left over again while it runs, else do it here.
+                    return await self._on_loop(part, _leftover(work, begun))
+            if target.is_closed() or (part.is_here() and handover.cancel()):
                 result.cancel()
-                return await work()
+                return await _leftover(work, begun)()
 
     def _clear_generation(
         self, loop: asyncio.AbstractEventLoop, parts: list[_Partition[K, T]]
@@ -855,7 +955,7 @@ class ResourcePool(Generic[K, T]):
         steps: list[Awaitable[Any]] = []
         interrupt: BaseException | None = None
         for part in parts:
-            if part.loop is loop or not part.is_live():
+            if part.is_here():
                 try:
                     steps.append(self._clear_partition(part))
                 except BaseException as exc:
@@ -883,9 +983,12 @@ class ResourcePool(Generic[K, T]):
         """
         self._cancel_timer(part)
         ledger = part.ledger
-        if part.loop is asyncio.get_running_loop() or ledger is self._shared:
+        here = part.loop is asyncio.get_running_loop()
+        if here or ledger is self._shared:
             evicted = ledger.evict_all()
-            waits = part.tasks - {asyncio.current_task()}
+            waits = part.tasks - {asyncio.current_task()} if here else set()
+            if not here:  # its loop no longer runs: those tasks never end
+                part.tasks.clear()
         else:
             evicted = ledger.abandon()
             ledger.adopt(evicted)
@@ -897,9 +1000,13 @@ class ResourcePool(Generic[K, T]):
     async def _finish_clear(
         self,
         part: _Partition[K, T],
-        pending: list[Coroutine[Any, Any, None]],
+        pending: list[_Finalizing],
         waits: set[asyncio.Task[Any]],
     ) -> None:
+        # Only this loop's tasks can be waited for (a hand-over that the
+        # other loop dropped is finished here: see _leftover).
+        loop = asyncio.get_running_loop()
+        waits = {t for t in waits if t.get_loop() is loop}
         try:
             await _gather_raising(pending)
         finally:
