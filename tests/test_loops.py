@@ -514,14 +514,6 @@ def _leave_while_others_hammer(seed: int, per_loop: bool, ttl: float) -> list[st
 
 
 @_hammer_params(0, LONG_TTL)
-@pytest.mark.xfail(
-    strict=False,  # races: they show in some runs only
-    reason="bug (races when a loop shuts down while others hand work to it or "
-    "sweep it; see test_clear_survives_the_other_loop_shutting_down_mid_hand_"
-    "over, test_finalizing_a_closed_loops_entries_is_counted_though_swept, "
-    "test_clear_handed_to_a_loop_that_stops_before_running_it_still_finalizes):"
-    " clear/expire may raise CancelledError, counts drift, finalizers are lost",
-)
 def test_threads_leaving_while_others_hammer_then_aclose_finalizes_each_once(
     seed: int, per_loop: bool, ttl: float
 ) -> None:

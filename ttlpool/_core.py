@@ -219,7 +219,7 @@ class Ledger(Generic[K, T]):
             return None, 0
         if entry.keyed > 0:
             entry.keyed -= 1
-        return entry, Ledger.release(self, entry, now)
+        return entry, Ledger.release(self, entry, now)  # pyright: ignore[reportUnknownMemberType]
 
     def take_victims(self) -> list[Entry[K, T]]:
         """The entries ``max_idle`` evicted since the last call."""
@@ -234,7 +234,8 @@ class Ledger(Generic[K, T]):
         The flag is true when this call started the creation, which makes
         the caller its first waiter and the one to call the factory.
         """
-        entry = Ledger.hit(self, key)  # not an override: the lock is held
+        # Not the override: a LockedLedger holds its lock already.
+        entry: Entry[K, T] | None = Ledger.hit(self, key)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
         if entry is not None:
             return entry, False
         self.misses += 1
@@ -274,7 +275,9 @@ class Ledger(Generic[K, T]):
         creation.entry = entry
         creation.done = True
         self.entries[creation.key] = entry
-        return entry, 0 if waiters else Ledger.release(self, entry, now)
+        if waiters:
+            return entry, 0
+        return entry, Ledger.release(self, entry, now)  # pyright: ignore[reportUnknownMemberType]
 
     def failed(self, creation: Creation[K, T], error: BaseException) -> None:
         """The factory raised: every waiter gets ``error``, nothing is cached."""
@@ -347,7 +350,7 @@ class Ledger(Generic[K, T]):
         """Fail the creations ``owner`` runs (it can no longer finish them)."""
         doomed = [c for c in self.creating.values() if c.owner is owner]
         for creation in doomed:
-            Ledger.failed(self, creation, error)
+            Ledger.failed(self, creation, error)  # pyright: ignore[reportUnknownMemberType]
         return doomed
 
     # -- time ----------------------------------------------------------------

@@ -39,7 +39,7 @@ from collections.abc import (
 )
 from inspect import CO_ITERABLE_COROUTINE, CORO_CREATED, getcoroutinestate
 from types import GeneratorType, TracebackType
-from typing import Any, Generic, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar, overload
 
 from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger, LockedLedger
 from ttlpool.clock import Clock, MonotonicClock
@@ -343,6 +343,32 @@ class ResourcePool(Generic[K, T]):
         "_ttl",
     )
 
+    @overload
+    def __init__(
+        self,
+        factory: Callable[[K], Awaitable[T]],
+        *,
+        finalizer: Callable[[T], object] | None = None,
+        ttl: float | None = 0.0,
+        max_idle: int | None = None,
+        on_error: ErrorHook | None = None,
+        per_loop: bool = True,
+        clock: Clock | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        factory: Callable[[K], T],
+        *,
+        finalizer: Callable[[T], object] | None = None,
+        ttl: float | None = 0.0,
+        max_idle: int | None = None,
+        on_error: ErrorHook | None = None,
+        per_loop: bool = True,
+        clock: Clock | None = None,
+    ) -> None: ...
+
     def __init__(
         self,
         factory: Callable[[K], T | Awaitable[T]],
@@ -368,6 +394,16 @@ class ResourcePool(Generic[K, T]):
         self._now = self._clock.now
         self._forget_everything()
         _POOLS.add(self)
+
+    if not TYPE_CHECKING:
+
+        def __class_getitem__(cls, params):
+            # wool's pool is generic in the resource alone: ResourcePool[Conn]
+            # there means ResourcePool[Any, Conn] here, so annotations that
+            # are evaluated at run time keep working after the switch.
+            if not isinstance(params, tuple):
+                params = (Any, params)
+            return super().__class_getitem__(params)
 
     def _forget_everything(self) -> None:
         """Start empty: at construction, and in a forked child."""
@@ -786,7 +822,7 @@ class ResourcePool(Generic[K, T]):
         by ``part`` when that is its loop (so clear waits for it)."""
         loop = asyncio.get_running_loop()
         home = part if part.loop is loop else self._parts.get(loop)
-        tasks = []
+        tasks: list[asyncio.Task[Any]] = []
         for finalizing in pending:
             task = _spawn(loop, finalizing.run())
             task.add_done_callback(finalizing.abandon)
@@ -984,15 +1020,16 @@ class ResourcePool(Generic[K, T]):
         self._cancel_timer(part)
         ledger = part.ledger
         here = part.loop is asyncio.get_running_loop()
+        waits: set[asyncio.Task[Any]] = set()
         if here or ledger is self._shared:
             evicted = ledger.evict_all()
-            waits = part.tasks - {asyncio.current_task()} if here else set()
-            if not here:  # its loop no longer runs: those tasks never end
+            if here:
+                waits = part.tasks - {asyncio.current_task()}
+            else:  # its loop no longer runs: those tasks never end
                 part.tasks.clear()
         else:
             evicted = ledger.abandon()
             ledger.adopt(evicted)
-            waits = set()
             part.tasks.clear()
         pending = self._start_finalizers(part, evicted)
         return self._finish_clear(part, pending, waits)
