@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +33,7 @@ def load_example(name: str) -> ModuleType:
 
 
 sessions = load_example("aiohttp_sessions")
+worker_loops = load_example("worker_loops")
 
 
 # -- a real HTTP server on loopback -------------------------------------------
@@ -183,6 +186,20 @@ def test_split_url_keys_by_scheme_host_and_port() -> None:
 # -- the worker-loop example ----------------------------------------------------
 
 
-@pytest.mark.skip(reason="WorkerLoopPool example pending")
-async def test_worker_loop_example_offloads_blocking_loop_work() -> None:
-    """``examples/worker_loops.py`` run against a real peer on loopback."""
+async def test_worker_loop_example_offloads_blocking_loop_work(
+    start_server: Callable[[], Awaitable[str]],
+) -> None:
+    """``examples/worker_loops.py`` against a real server on loopback.
+
+    The server runs on the test's own loop, so the blocking fetch can only
+    complete if it runs elsewhere: on the warm worker loop, the same
+    thread for every call, gone after ``stop()``.
+    """
+    base = await start_server()
+    urls = [f"{base}/hello"] * 3
+    async with worker_loops.WorkerLoopPool(ttl=30, name="example-worker") as loops:
+        results = await asyncio.wait_for(worker_loops.fetch_all(loops, urls), 30)
+    assert [body for body, _ in results] == ["hello"] * 3
+    assert len({thread for _, thread in results}) == 1
+    assert results[0][1].startswith("example-worker-")
+    assert not [t for t in threading.enumerate() if t.name.startswith("example-worker")]
