@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Final, Generic, TypeVar
 
@@ -122,7 +123,11 @@ class Ledger(Generic[K, T]):
         self.ttl = math.inf if ttl is None else float(ttl)
         self.max_idle = max_idle
         self.entries: dict[K, Entry[K, T]] = {}
-        self.idle: dict[K, Entry[K, T]] = {}
+        # Release order. Under max_idle every release at the limit takes the
+        # front: an OrderedDict finds it in O(1), where a dict walks past the
+        # holes earlier deletions left there (one more pointer pair per
+        # entry, paid only when max_idle is set).
+        self.idle: dict[K, Entry[K, T]] = OrderedDict() if max_idle is not None else {}
         self.creating: dict[K, Creation[K, T]] = {}
         self.finalizing: set[Entry[K, T]] = set()
         self.victims: list[Entry[K, T]] = []
@@ -228,16 +233,21 @@ class Ledger(Generic[K, T]):
 
     # -- creation ------------------------------------------------------------
 
-    def lookup(self, key: K) -> tuple[Entry[K, T] | Creation[K, T], bool]:
+    def lookup(
+        self, key: K, missed: bool = False
+    ) -> tuple[Entry[K, T] | Creation[K, T], bool]:
         """Acquire ``key``: a hit, or the creation to wait for.
 
         The flag is true when this call started the creation, which makes
         the caller its first waiter and the one to call the factory.
+        ``missed``: the caller's own ``hit(key)`` just missed, so this skips
+        it (a locked ledger checks again: another thread may have made it).
         """
-        # Not the override: a LockedLedger holds its lock already.
-        entry: Entry[K, T] | None = Ledger.hit(self, key)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-        if entry is not None:
-            return entry, False
+        if not missed:
+            # Not the override: a LockedLedger holds its lock already.
+            entry: Entry[K, T] | None = Ledger.hit(self, key)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+            if entry is not None:
+                return entry, False
         self.misses += 1
         creation = self.creating.get(key)
         if creation is not None:
@@ -367,12 +377,15 @@ class Ledger(Generic[K, T]):
         """
         expired: list[Entry[K, T]] = []
         idle = self.idle
-        while idle and len(expired) < limit:
-            front = next(iter(idle.values()))
-            if front.deadline > now:
+        # One pass per slice, evicting after it: taking the front with
+        # next(iter(idle)) after each eviction rescans every hole that the
+        # evictions left at the front of the dict, O(n**2) for n expiries.
+        for front in idle.values():
+            if front.deadline > now or len(expired) >= limit:
                 break
-            self._evict(front)
             expired.append(front)
+        for front in expired:
+            self._evict(front)
         self.expired_total += len(expired)
         self.timer_deadline = None
         if idle:
@@ -432,7 +445,9 @@ class LockedLedger(Ledger[K, T]):
         with self.lock:
             return super().take_victims()
 
-    def lookup(self, key: K) -> tuple[Entry[K, T] | Creation[K, T], bool]:
+    def lookup(
+        self, key: K, missed: bool = False
+    ) -> tuple[Entry[K, T] | Creation[K, T], bool]:
         with self.lock:
             return super().lookup(key)
 
