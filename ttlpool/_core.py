@@ -306,10 +306,12 @@ class Ledger(Generic[K, T]):
 
     def finalized(self, entry: Entry[K, T], ok: bool) -> None:
         """The driver finished finalizing an evicted entry."""
-        self.finalizing.discard(entry)
+        # Counted before it leaves ``finalizing``: a driver that retires an
+        # idle ledger once nothing is finalizing then sees the final count.
         self.finalized_total += 1
         if not ok:
             self.finalizer_errors += 1
+        self.finalizing.discard(entry)
 
     def expire(self, key: K) -> Entry[K, T] | None:
         """Retire ``key``: an idle entry is evicted and returned for finalizing;

@@ -182,9 +182,10 @@ class _Partition(Generic[K, T]):
 class _Finalizing:
     """A finalizer's awaitable still to await, with its bookkeeping.
 
-    ``abandon`` settles it if the task meant to run it was cancelled before
-    it started (its loop shut down first), so nothing is left un-awaited or
-    counted as pending for ever.
+    If the task meant to run it is cancelled before it starts (its loop
+    shuts down first, before Python 3.12), ``abandon`` closes the awaitable
+    (nothing is left un-awaited) and hands the entry back to the pool, whose
+    next ``clear`` or sweep from a live loop finalizes it.
     """
 
     __slots__ = ("awaitable", "entry", "ledger", "pool", "started")
@@ -221,10 +222,8 @@ class _Finalizing:
             return
         close = getattr(self.awaitable, "close", None)
         if close is not None:
-            close()
-        self.ledger.finalized(self.entry, False)
-        error = RuntimeError("finalizer never ran: its event loop shut down first")
-        self.pool._report(error, "finalize", self.entry.key)
+            close()  # it never ran: the next live loop calls the finalizer again
+        self.pool._requeue(self.ledger, self.entry)
 
 
 class Resource(Generic[T]):
@@ -361,6 +360,7 @@ class ResourcePool(Generic[K, T]):
         "_shared",
         "_strays",
         "_ttl",
+        "_unfinalized",
     )
 
     @overload
@@ -442,6 +442,8 @@ class ResourcePool(Generic[K, T]):
         self._errors = 0
         #: Tasks of ``clear`` calls that timed out, kept until they end.
         self._strays: set[asyncio.Task[Any]] = set()
+        #: Entries whose finalizer task was cancelled before it started.
+        self._unfinalized: list[tuple[Ledger[K, T], Entry[K, T]]] = []
 
     # -- public API ----------------------------------------------------------
 
@@ -539,7 +541,8 @@ class ResourcePool(Generic[K, T]):
         interrupt: BaseException | None = None
         while True:
             parts = [p for p in self._all_partitions() if _has_work(p)]
-            if not parts and not any(t.get_loop() is loop for t in self._strays):
+            strays_here = any(t.get_loop() is loop for t in self._strays)
+            if not parts and not strays_here and not self._unfinalized:
                 break
             try:
                 generation = self._clear_generation(loop, parts)
@@ -791,16 +794,22 @@ class ResourcePool(Generic[K, T]):
         return self._start_finalizers(part, doomed)
 
     def _start_finalizers(
-        self, part: _Partition[K, T], entries: Iterable[Entry[K, T]]
+        self,
+        part: _Partition[K, T] | None,
+        entries: Iterable[Entry[K, T]],
+        ledger: Ledger[K, T] | None = None,
     ) -> list[_Finalizing]:
         """Call the finalizer of each entry; return the awaits still to do.
 
-        Every finalizer is called even if one raises a ``BaseException``,
-        which is re-raised after the last call.
+        Counts go to ``ledger`` (``part``'s by default). Every finalizer is
+        called even if one raises a ``BaseException``, which is re-raised
+        after the last call.
         """
         pending: list[_Finalizing] = []
         interrupt: BaseException | None = None
-        ledger = part.ledger
+        if ledger is None:
+            assert part is not None
+            ledger = part.ledger
         finalizer = self._finalizer
         for entry in entries:
             if finalizer is None:
@@ -854,12 +863,12 @@ class ResourcePool(Generic[K, T]):
     # -- tasks, loops and partitions -----------------------------------------
 
     def _run_later(
-        self, part: _Partition[K, T], pending: list[_Finalizing]
+        self, part: _Partition[K, T] | None, pending: list[_Finalizing]
     ) -> list[asyncio.Task[Any]]:
         """Finish each finalizer in a pool task on the running loop, tracked
         by ``part`` when that is its loop (so clear waits for it)."""
         loop = asyncio.get_running_loop()
-        home = part if part.loop is loop else self._parts.get(loop)
+        home = part if part is not None and part.loop is loop else self._parts.get(loop)
         tasks: list[asyncio.Task[Any]] = []
         for finalizing in pending:
             task = _spawn(loop, finalizing.run())
@@ -939,14 +948,21 @@ class ResourcePool(Generic[K, T]):
                 if p.loop.is_closed()
                 and (p.ledger is self._shared or not p.ledger.finalizing)
             ]
+            orphaned: dict[_Partition[K, T], list[Entry[K, T]]] = {}
             for part in dead:
                 del self._parts[part.loop]
+                if part.ledger is not self._shared:
+                    # Under the lock: a clear on another thread may be
+                    # about to abandon the same dead ledger.
+                    self._retire(part)
+                    orphaned[part] = part.ledger.abandon()
+        if self._unfinalized:
+            self._run_later(here, self._take_unfinalized())
         for part in dead:
             if part.ledger is self._shared:
                 self._retire_shared(part, here)
                 continue
-            self._retire(part)
-            orphans = part.ledger.abandon()
+            orphans = orphaned[part]
             if orphans:
                 log.debug(
                     "ttlpool: finalizing %d entries left by a closed loop",
@@ -955,8 +971,25 @@ class ResourcePool(Generic[K, T]):
                 here.ledger.adopt(orphans)
                 self._run_later(here, self._start_finalizers(here, orphans))
 
+    def _requeue(self, ledger: Ledger[K, T], entry: Entry[K, T]) -> None:
+        """An entry whose finalizer never started: finalize it again later."""
+        with self._lock:
+            self._unfinalized.append((ledger, entry))
+
+    def _take_unfinalized(self) -> list[_Finalizing]:
+        """Call again the finalizers that never started; the awaits to do."""
+        with self._lock:
+            requeued, self._unfinalized = self._unfinalized, []
+        pending: list[_Finalizing] = []
+        for ledger, entry in requeued:
+            pending += self._start_finalizers(None, [entry], ledger)
+        return pending
+
     def _retire(self, part: _Partition[K, T]) -> None:
-        """Keep the running totals of a per-loop ledger that goes away."""
+        """Keep the running totals of a per-loop ledger that goes away.
+
+        Called with ``_lock`` held, once its ledger has nothing finalizing.
+        """
         if part.ledger is not self._shared:
             for name, attr in _TOTALS.items():
                 self._retired[name] += getattr(part.ledger, attr)
@@ -1040,6 +1073,7 @@ class ResourcePool(Generic[K, T]):
         strays = {t for t in self._strays if t is not me and t.get_loop() is loop}
         if strays:
             steps.append(asyncio.wait(strays))
+        steps += self._take_unfinalized()
         task = _spawn(loop, _gather_raising(steps))
         if interrupt is not None:
             self._strays.add(task)
@@ -1066,8 +1100,12 @@ class ResourcePool(Generic[K, T]):
             else:  # its loop no longer runs: those tasks never end
                 part.tasks.clear()
         else:
-            evicted = ledger.abandon()
-            ledger.adopt(evicted)
+            with self._lock:  # a sweep on another thread may retire it meanwhile
+                retired = (
+                    part not in self._closing and self._parts.get(part.loop) is not part
+                )
+                evicted = [] if retired else ledger.abandon()
+                ledger.adopt(evicted)
             part.tasks.clear()
         pending = self._start_finalizers(part, evicted)
         return self._finish_clear(part, pending, waits)
@@ -1130,6 +1168,28 @@ def _keys_of(part: _Partition[Any, Any]) -> list[object]:
     ]
 
 
+def _started(
+    loop: asyncio.AbstractEventLoop, aw: Awaitable[Any]
+) -> asyncio.Future[Any]:
+    """A task running ``aw`` (a future as it is), safe to cancel unstarted."""
+    if isinstance(aw, asyncio.Future):
+        return aw
+    if isinstance(aw, _Finalizing):
+        task = _spawn(loop, aw.run())
+        task.add_done_callback(aw.abandon)
+        return task
+    task = _spawn(loop, cast("Coroutine[Any, Any, Any]", aw))
+    if sys.version_info < (3, 12):  # from 3.12 the task starts eagerly
+        task.add_done_callback(_close_unstarted)
+    return task
+
+
+def _close_unstarted(task: asyncio.Task[Any]) -> None:
+    coro = cast("Coroutine[Any, Any, Any]", task.get_coro())
+    if task.cancelled() and getcoroutinestate(coro) == CORO_CREATED:
+        coro.close()
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     loop = waiter.get_loop()
     try:
@@ -1159,16 +1219,24 @@ def _copy_outcome(
         target.set_result(task.result())
 
 
-async def _gather_raising(coros: Iterable[Awaitable[Any]]) -> None:
+async def _gather_raising(awaitables: Iterable[Awaitable[Any]]) -> None:
     """Await all concurrently; report nothing, re-raise the first failure
-    once all have ended."""
-    aws = list(coros)
+    once all have ended.
+
+    One is awaited right here. Several run in tasks started now, each of
+    which settles what it carries even if it is cancelled before its first
+    step (Python < 3.12, a loop shutting down): nothing is left un-awaited.
+    """
+    aws = list(awaitables)
     if not aws:
         return
     if len(aws) == 1:
         await aws[0]
         return
-    results = await asyncio.gather(*aws, return_exceptions=True)
+    loop = asyncio.get_running_loop()
+    results = await asyncio.gather(
+        *(_started(loop, aw) for aw in aws), return_exceptions=True
+    )
     for result in results:
         if isinstance(result, BaseException):
             raise result
