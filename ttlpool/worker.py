@@ -74,6 +74,7 @@ import math
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import (
     AsyncGenerator,
@@ -85,6 +86,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
+from ttlpool.clock import TimerCallback
 from ttlpool.drain import _check_timeout, drain_tasks
 from ttlpool.errors import PoolClosedError
 from ttlpool.pool import ResourcePool
@@ -442,6 +444,56 @@ class _Call:
             del error
 
 
+def _nothing() -> None:
+    """``run`` releases its lease itself, on the caller's loop."""
+
+
+class _ControlTimer:
+    """A timer armed on the control loop for a pool timer of any loop."""
+
+    __slots__ = ("_cancelled", "_handle", "_loop")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, when: float, callback: TimerCallback
+    ) -> None:
+        self._loop = loop
+        self._cancelled = False
+        self._handle: asyncio.TimerHandle | None = None
+        loop.call_soon_threadsafe(self._arm, when, callback)
+
+    def _arm(self, when: float, callback: TimerCallback) -> None:
+        if not self._cancelled:
+            self._handle = self._loop.call_later(
+                max(0.0, when - time.monotonic()), callback
+            )
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        handle = self._handle
+        if handle is not None:
+            with contextlib.suppress(RuntimeError):  # the control loop closed
+                self._loop.call_soon_threadsafe(handle.cancel)
+
+
+class _ControlClock:
+    """The pool's clock: ``time.monotonic``, with every timer on the control
+    loop, whichever loop's release armed it."""
+
+    __slots__ = ("_workers",)
+
+    now = staticmethod(time.monotonic)
+
+    def __init__(self, workers: WorkerLoopPool) -> None:
+        self._workers = workers
+
+    def call_at(
+        self, loop: asyncio.AbstractEventLoop, when: float, callback: TimerCallback
+    ) -> _ControlTimer:
+        control = self._workers._control
+        assert control is not None  # started before any lease
+        return _ControlTimer(control.loop, when, callback)
+
+
 class _LoopWaiter:
     """Wakes a task on ``loop`` up from any thread, and remembers it did."""
 
@@ -587,10 +639,16 @@ class WorkerLoopPool:
             raise TypeError(f"name must be a str, not {name!r}")
         self._loop_factory = loop_factory
         self._name = name
-        # Only the control loop ever touches the pool, hence the default
-        # per-loop mode: one partition, no lock on its hot path.
+        # run() leases straight from the caller's loop and run_sync/lease
+        # from the control loop, so the (loop-agnostic) workers are shared
+        # across loops; the idle timer always lives on the control loop, so
+        # reaping never depends on a caller's loop staying alive.
         self._pool: ResourcePool[Hashable, _WorkerLoop] = ResourcePool(
-            self._create_worker, finalizer=self._retire_worker, ttl=ttl
+            self._create_worker,
+            finalizer=self._retire_worker,
+            ttl=ttl,
+            per_loop=False,
+            clock=_ControlClock(self),
         )
         self._forget_threads()
         _POOLS.add(self)
@@ -652,7 +710,14 @@ class WorkerLoopPool:
         loop = asyncio.get_running_loop()
         waiter = _LoopWaiter(loop)
         call = _Call(fn, args, kwargs, waiter.notify)
-        self._dispatch("run", key, call)
+        self._control_loop("run", key)
+        async with self._pool.get(key) as worker:
+            call.attach(worker, _nothing)
+            result: T = await self._outcome(call, waiter)
+        return result
+
+    async def _outcome(self, call: _Call, waiter: _LoopWaiter) -> Any:
+        """Wait for a dispatched call; a cancelled caller cancels it."""
         try:
             await waiter.future
         except asyncio.CancelledError:
@@ -666,8 +731,7 @@ class WorkerLoopPool:
                 finally:
                     del error
             raise
-        result: T = call.outcome()
-        return result
+        return call.outcome()
 
     def run_sync(
         self,
@@ -794,6 +858,13 @@ class WorkerLoopPool:
 
     def _dispatch(self, operation: str, key: Hashable, request: Any) -> None:
         """Hand ``request`` for ``key`` to the control loop (any thread)."""
+        control = self._control_loop(operation, key)
+        control.call_soon_threadsafe(self._serve_soon, key, request)
+
+    def _control_loop(
+        self, operation: str, key: Hashable | None = None
+    ) -> asyncio.AbstractEventLoop:
+        """The control loop, started on first use; raises once stopped."""
         try:
             hash(key)
         except TypeError:
@@ -807,7 +878,7 @@ class WorkerLoopPool:
             control = self._control
             if control is None:
                 control = self._control = self._start_control()
-            control.loop.call_soon_threadsafe(self._serve_soon, key, request)
+            return control.loop
 
     def _start_control(self) -> _WorkerLoop:
         control = _WorkerLoop(
