@@ -13,31 +13,28 @@ Theory of operation
 ``_WorkerLoop``: one event loop and the daemon thread ``"{name}-{n}"`` that
 runs it. The pool's factory starts one; its finalizer retires one.
 
-*The control loop.* Every call into the ``ResourcePool`` (acquire, release,
-its idle timer, its finalizers) runs on one private event loop, on a daemon
-thread ``"{name}-control"`` that starts at the first dispatch and ends with
-:meth:`WorkerLoopPool.stop`. Not on the caller's loop, because
+*The control loop.* A private event loop on a daemon thread
+``"{name}-control"``, started at the first dispatch and ended by
+:meth:`WorkerLoopPool.stop`, hosts what must not depend on a caller's loop:
 
-- ``run_sync`` callers have no event loop at all;
-- a caller's loop may close while its worker is idle, taking the pool's
-  idle timer with it: the TTL reap would then wait for some later call;
-- a finalizer running on a caller's loop could be cancelled halfway through
-  a teardown by that loop's own shutdown.
+- the pool's idle timer (its clock arms every timer there, whichever loop
+  released the worker), so an idle worker is reaped even after the loop
+  that used it has closed, and its teardown is never cancelled halfway by a
+  caller loop's shutdown;
+- the leases of ``run_sync`` and ``lease`` callers, who may have no loop.
 
-A loop that lives exactly as long as the ``WorkerLoopPool`` reaps by itself,
-and, being the pool's only loop, uses it the fastest way (one per-loop
-partition, no lock).
+Workers are loop-agnostic (a loop and a thread), so the pool shares its
+entries across loops (``per_loop=False``).
 
-*A dispatch.* The caller posts a request to the control loop; a control task
-takes a lease of the key's worker (creating it on a miss) and posts the call
-to the worker loop; the worker runs ``fn(*args, **kwargs)`` as a task in a
-copy of the caller's context. When that task ends, the worker thread hands
-the outcome straight to the caller (``call_soon_threadsafe`` on the caller's
-loop for :meth:`~WorkerLoopPool.run`, a released lock for
-:meth:`~WorkerLoopPool.run_sync`) and, in parallel, tells the control task
-to release the lease. The result thus crosses three threads (caller, control,
-worker, caller), one hop more than ``run_coroutine_threadsafe``: the price of
-holding a lease, and never the price of a loop and a thread.
+*A dispatch.* :meth:`~WorkerLoopPool.run` takes its lease straight from the
+caller's loop (a pool hit: no thread hop), posts the call to the worker
+loop, which runs ``fn(*args, **kwargs)`` as a task in a copy of the
+caller's context, and the worker thread hands the outcome back with
+``call_soon_threadsafe``: the same two hops as ``run_coroutine_threadsafe``.
+:meth:`~WorkerLoopPool.run_sync` posts its request to the control loop,
+where a control task holds the lease while the worker runs the call; the
+outcome comes back to the blocked thread through a released lock, and the
+control task releases the lease.
 
 *Cancellation.* Cancelling a ``run`` cancels the task on the worker and
 waits for it to finish unwinding, as ``asyncio.TaskGroup`` and
@@ -45,11 +42,12 @@ waits for it to finish unwinding, as ``asyncio.TaskGroup`` and
 ``CancelledError``, nothing of the call runs any more. A second cancellation
 stops the wait.
 
-*Teardown of one worker* (the pool's finalizer, on the control loop): mark
+*Teardown of one worker* (the pool's finalizer: on the control loop when
+the TTL reaps it, inside the release with ``ttl=0``): mark
 the worker retiring (it admits no new call), then, on the worker loop,
 :func:`~ttlpool.drain_tasks` with ``drain_timeout`` and ``loop.stop()``.
 The worker's own thread then shuts down async generators and the default
-executor and closes its loop, and signals the control loop, which waits for
+executor and closes its loop, and signals the finalizer, which waits for
 that signal for at most ``drain_timeout + join_timeout`` without blocking.
 A call still unfinished when its worker goes (a task that ignored its
 cancellation) fails with ``RuntimeError`` instead of hanging its caller.
