@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import logging
 import math
@@ -33,15 +32,26 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
-    Generator,
     Hashable,
     Iterable,
 )
-from inspect import CO_ITERABLE_COROUTINE, CORO_CREATED, getcoroutinestate
-from types import GeneratorType, TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar, cast, overload
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger, LockedLedger
+from ttlpool._tasks import (
+    Finalizing,
+    Partition,
+    awaited,
+    copy_outcome,
+    gather_raising,
+    has_work,
+    is_awaitable,
+    keys_of,
+    leftover,
+    spawn,
+    wake,
+)
 from ttlpool.clock import Clock, MonotonicClock
 from ttlpool.errors import PoolClosedError
 from ttlpool.stats import PoolStats
@@ -88,142 +98,8 @@ def _check_max_idle(max_idle: object) -> int | None:
     return max_idle
 
 
-def _spawn(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, R]
-) -> asyncio.Task[R]:
-    """A task that, where Python allows, runs eagerly until its first await."""
-    if sys.version_info >= (3, 12):
-        return asyncio.Task(coro, loop=loop, eager_start=True)
-    return loop.create_task(coro)
-
-
-async def _await(awaitable: Awaitable[R]) -> R:
-    return await awaitable
-
-
-def _leftover(
-    work: Callable[[], Coroutine[Any, Any, R]], begun: list[Coroutine[Any, Any, R]]
-) -> Callable[[], Coroutine[Any, Any, R]]:
-    """What is left of a hand-over that the other loop dropped as it stopped.
-
-    ``work()`` ran there when the task was created (evictions, finalizer
-    calls); if the coroutine it returned never started, that coroutine is
-    what is left. Otherwise ``work()`` again, for whatever remains.
-    """
-    if begun:
-        wrapper, coro = begun
-        if getcoroutinestate(wrapper) == CORO_CREATED:
-            wrapper.close()  # its task never ran, and never will
-        if getcoroutinestate(coro) == CORO_CREATED:
-            return lambda: coro
-    return work
-
-
-#: Whether instances of a type are awaitable, per type seen so far.
-_AWAITABLE_TYPES: dict[type, bool] = {}
-
-
-def _is_awaitable(obj: object) -> TypeGuard[Awaitable[Any]]:
-    """``inspect.isawaitable``, remembering the answer for each type.
-
-    ``hasattr(type, "__await__")`` costs ~250 ns on a plain object (the
-    AttributeError it swallows); a dict hit costs ~40 ns.
-    """
-    kind = type(obj)
-    known = _AWAITABLE_TYPES.get(kind)
-    if known is not None:
-        return known
-    if kind is GeneratorType:  # generator-based coroutines: per object
-        return bool(obj.gi_code.co_flags & CO_ITERABLE_COROUTINE)  # type: ignore[attr-defined]
-    answer = _AWAITABLE_TYPES[kind] = hasattr(kind, "__await__")
-    return answer
-
-
 def _key_error(operation: str, key: object) -> TypeError:
     return TypeError(f"{operation}: key {key!r} is unhashable")
-
-
-class _Partition(Generic[K, T]):
-    """One event loop's view of the pool: ledger, timer and tracked tasks."""
-
-    __slots__ = ("ledger", "loop", "now", "tasks", "thread", "timer")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        ledger: Ledger[K, T],
-        now: Callable[[], float],
-    ) -> None:
-        self.loop = loop
-        self.ledger = ledger
-        self.now = now
-        self.timer: Any = None
-        self.tasks: set[asyncio.Task[Any]] = set()
-        #: The thread that runs ``loop`` (the one that made the partition).
-        self.thread = threading.current_thread()
-
-    def is_here(self) -> bool:
-        """Whether its work may run on the calling thread right now.
-
-        True for the running loop's own partition and for a loop that can
-        never run again: closed, or stopped with its thread here or gone.
-        A loop that is merely stopped in another live thread may run again
-        (``asyncio.run`` stops and restarts its loop while shutting down),
-        so its ledger is left to it.
-        """
-        loop = self.loop
-        if loop.is_closed():
-            return True
-        if loop.is_running():
-            return loop is _get_running_loop()
-        return self.thread is threading.current_thread() or not self.thread.is_alive()
-
-
-class _Finalizing:
-    """A finalizer's awaitable still to await, with its bookkeeping.
-
-    If the task meant to run it is cancelled before it starts (its loop
-    shuts down first, before Python 3.12), ``abandon`` closes the awaitable
-    (nothing is left un-awaited) and hands the entry back to the pool, whose
-    next ``clear`` or sweep from a live loop finalizes it.
-    """
-
-    __slots__ = ("awaitable", "entry", "ledger", "pool", "started")
-
-    def __init__(
-        self,
-        pool: ResourcePool[Any, Any],
-        ledger: Ledger[Any, Any],
-        entry: Entry[Any, Any],
-        awaitable: Awaitable[object],
-    ) -> None:
-        self.pool = pool
-        self.ledger = ledger
-        self.entry = entry
-        self.awaitable = awaitable
-        self.started = False
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self.run().__await__()
-
-    async def run(self) -> None:
-        self.started = True
-        failed = False
-        try:
-            await self.awaitable
-        except Exception as exc:
-            failed = True
-            self.pool._report(exc, "finalize", self.entry.key)
-        finally:  # a cancelled finalizer counts as done, not as an error
-            self.ledger.finalized(self.entry, not failed)
-
-    def abandon(self, task: asyncio.Task[None]) -> None:
-        if self.started or not task.cancelled():
-            return
-        close = getattr(self.awaitable, "close", None)
-        if close is not None:
-            close()  # it never ran: the next live loop calls the finalizer again
-        self.pool._requeue(self.ledger, self.entry)
 
 
 class Resource(Generic[T]):
@@ -245,7 +121,7 @@ class Resource(Generic[T]):
         self._pool = pool
         self._key = key
         self._entry: Entry[Any, T] | None = None
-        self._part: _Partition[Any, T] | None
+        self._part: Partition[Any, T] | None
 
     async def __aenter__(self) -> T:
         if self._entry is not None:
@@ -299,7 +175,7 @@ class Resource(Generic[T]):
         if action:
             pending = self._pool._carry_out(part, entry, action)
             if pending:  # a sync finalizer leaves nothing to await
-                await _gather_raising(pending)
+                await gather_raising(pending)
 
     def __repr__(self) -> str:
         state = "new" if self._entry is None else "entered"
@@ -428,9 +304,9 @@ class ResourcePool(Generic[K, T]):
     def _forget_everything(self) -> None:
         """Start empty: at construction, and in a forked child."""
         self._lock = threading.Lock()
-        self._parts: dict[asyncio.AbstractEventLoop, _Partition[K, T]] = {}
+        self._parts: dict[asyncio.AbstractEventLoop, Partition[K, T]] = {}
         #: Partitions taken out of ``_parts`` by ``aclose``, until cleared.
-        self._closing: list[_Partition[K, T]] = []
+        self._closing: list[Partition[K, T]] = []
         self._shared: LockedLedger[K, T] | None = (
             None
             if self._per_loop
@@ -497,7 +373,7 @@ class ResourcePool(Generic[K, T]):
         if entry is not None and action:
             pending = self._carry_out(part, entry, action)
             if pending:
-                await _gather_raising(pending)
+                await gather_raising(pending)
 
     async def expire(self, key: K) -> None:
         """Retire ``key`` in every event loop's entries, draining leases first.
@@ -516,7 +392,7 @@ class ResourcePool(Generic[K, T]):
         parts = self._all_partitions()
         if self._shared is not None:
             parts = parts[:1]
-        await _gather_raising(
+        await gather_raising(
             self._on_loop(part, functools.partial(self._expire_in, part, key))
             for part in parts
         )
@@ -540,7 +416,7 @@ class ResourcePool(Generic[K, T]):
         deadline = None if timeout is None else loop.time() + timeout
         interrupt: BaseException | None = None
         while True:
-            parts = [p for p in self._all_partitions() if _has_work(p)]
+            parts = [p for p in self._all_partitions() if has_work(p)]
             strays_here = any(t.get_loop() is loop for t in self._strays)
             if not parts and not strays_here and not self._unfinalized:
                 break
@@ -558,7 +434,7 @@ class ResourcePool(Generic[K, T]):
                     generation.add_done_callback(self._strays.discard)
             if not done:
                 left = sorted(
-                    {repr(k) for p in self._all_partitions() for k in _keys_of(p)}
+                    {repr(k) for p in self._all_partitions() for k in keys_of(p)}
                 )
                 raise TimeoutError(
                     f"clear: timed out after {timeout}s with keys still being "
@@ -650,8 +526,8 @@ class ResourcePool(Generic[K, T]):
         key: K,
         loop: asyncio.AbstractEventLoop,
         operation: str = "acquire",
-        missed_in: _Partition[K, T] | None = None,
-    ) -> tuple[_Partition[K, T], Entry[K, T] | Creation[K, T]]:
+        missed_in: Partition[K, T] | None = None,
+    ) -> tuple[Partition[K, T], Entry[K, T] | Creation[K, T]]:
         """The synchronous start of a slow acquire (new loop, miss, closed
         pool): a hit, or the creation to wait for, already settled when the
         factory is sync. ``missed_in``: the partition whose ``hit`` missed."""
@@ -672,7 +548,7 @@ class ResourcePool(Generic[K, T]):
 
     async def _acquire(
         self, key: K, loop: asyncio.AbstractEventLoop, operation: str = "acquire"
-    ) -> tuple[_Partition[K, T], Entry[K, T]]:
+    ) -> tuple[Partition[K, T], Entry[K, T]]:
         """The slow path of an acquire: new loop, miss, or closed pool."""
         part, found = self._begin(key, loop, operation)
         if isinstance(found, Entry):
@@ -684,7 +560,7 @@ class ResourcePool(Generic[K, T]):
             return part, found.entry
         return part, await self._wait(part, found)
 
-    def _create(self, part: _Partition[K, T], creation: Creation[K, T]) -> None:
+    def _create(self, part: Partition[K, T], creation: Creation[K, T]) -> None:
         """Call the factory; an awaitable result finishes in a pool task."""
         try:
             result = self._factory(creation.key)
@@ -693,15 +569,15 @@ class ResourcePool(Generic[K, T]):
             if not isinstance(exc, Exception):
                 raise
             return
-        if _is_awaitable(result):
+        if is_awaitable(result):
             self._track(
-                part, _spawn(part.loop, self._finish_creation(part, creation, result))
+                part, spawn(part.loop, self._finish_creation(part, creation, result))
             )
         else:
             self._settle(part, creation, result)
 
     async def _finish_creation(
-        self, part: _Partition[K, T], creation: Creation[K, T], awaitable: Awaitable[T]
+        self, part: Partition[K, T], creation: Creation[K, T], awaitable: Awaitable[T]
     ) -> None:
         try:
             resource = await awaitable
@@ -714,11 +590,11 @@ class ResourcePool(Generic[K, T]):
             return
         action = self._settle(part, creation, resource)
         if action and creation.entry is not None:
-            await _gather_raising(self._carry_out(part, creation.entry, action))
+            await gather_raising(self._carry_out(part, creation.entry, action))
 
     def _settle(
         self,
-        part: _Partition[K, T],
+        part: Partition[K, T],
         creation: Creation[K, T],
         resource: Any = None,
         error: BaseException | None = None,
@@ -733,11 +609,11 @@ class ResourcePool(Generic[K, T]):
         else:
             action = ledger.created(creation, resource, self._now())[1]
         for waiter in creation.listeners:
-            _wake(waiter)
+            wake(waiter)
         return action
 
     async def _wait(
-        self, part: _Partition[K, T], creation: Creation[K, T]
+        self, part: Partition[K, T], creation: Creation[K, T]
     ) -> Entry[K, T]:
         """Wait for a creation; a cancelled waiter leaves no reference behind."""
         ledger = part.ledger
@@ -758,7 +634,7 @@ class ResourcePool(Generic[K, T]):
 
     def _partition(
         self, loop: asyncio.AbstractEventLoop, key: K, operation: str
-    ) -> _Partition[K, T]:
+    ) -> Partition[K, T]:
         part = self._parts.get(loop)
         if part is None or self._closed:
             with self._lock:
@@ -769,21 +645,21 @@ class ResourcePool(Generic[K, T]):
                     ledger: Ledger[K, T] = self._shared or Ledger(
                         self._ttl, self._max_idle
                     )
-                    part = self._parts[loop] = _Partition(loop, ledger, self._now)
+                    part = self._parts[loop] = Partition(loop, ledger, self._now)
             self._sweep(loop)
         return part
 
     # -- releasing and finalizing --------------------------------------------
 
-    def _release_soon(self, part: _Partition[K, T], entry: Entry[K, T]) -> None:
+    def _release_soon(self, part: Partition[K, T], entry: Entry[K, T]) -> None:
         """Release from a cancelled task: finalizers run in pool tasks."""
         action = part.ledger.release(entry, self._now())
         if action:
             self._run_later(part, self._carry_out(part, entry, action))
 
     def _carry_out(
-        self, part: _Partition[K, T], entry: Entry[K, T], action: int
-    ) -> list[_Finalizing]:
+        self, part: Partition[K, T], entry: Entry[K, T], action: int
+    ) -> list[Finalizing]:
         """Do what a release decided (arm the timer, finalize now); return
         the finalizer awaits still to do."""
         if action & ARM:
@@ -795,17 +671,17 @@ class ResourcePool(Generic[K, T]):
 
     def _start_finalizers(
         self,
-        part: _Partition[K, T] | None,
+        part: Partition[K, T] | None,
         entries: Iterable[Entry[K, T]],
         ledger: Ledger[K, T] | None = None,
-    ) -> list[_Finalizing]:
+    ) -> list[Finalizing]:
         """Call the finalizer of each entry; return the awaits still to do.
 
         Counts go to ``ledger`` (``part``'s by default). Every finalizer is
         called even if one raises a ``BaseException``, which is re-raised
         after the last call.
         """
-        pending: list[_Finalizing] = []
+        pending: list[Finalizing] = []
         interrupt: BaseException | None = None
         if ledger is None:
             assert part is not None
@@ -824,8 +700,8 @@ class ResourcePool(Generic[K, T]):
                 ledger.finalized(entry, True)
                 interrupt = interrupt or exc
             else:
-                if _is_awaitable(result):
-                    pending.append(_Finalizing(self, ledger, entry, result))
+                if is_awaitable(result):
+                    pending.append(Finalizing(self, ledger, entry, result))
                 else:
                     ledger.finalized(entry, True)
         if interrupt is not None:
@@ -833,20 +709,20 @@ class ResourcePool(Generic[K, T]):
             raise interrupt
         return pending
 
-    async def _expire_in(self, part: _Partition[K, T], key: K) -> None:
+    async def _expire_in(self, part: Partition[K, T], key: K) -> None:
         entry = part.ledger.expire(key)
         if entry is not None:
-            await _gather_raising(self._start_finalizers(part, [entry]))
+            await gather_raising(self._start_finalizers(part, [entry]))
 
     # -- the timer -----------------------------------------------------------
 
-    def _arm(self, part: _Partition[K, T]) -> None:
+    def _arm(self, part: Partition[K, T]) -> None:
         deadline = part.ledger.timer_deadline
         if deadline is not None:
             callback = functools.partial(self._on_timer, part)
             part.timer = self._clock.call_at(part.loop, deadline, callback)
 
-    def _on_timer(self, part: _Partition[K, T]) -> list[asyncio.Task[Any]] | None:
+    def _on_timer(self, part: Partition[K, T]) -> list[asyncio.Task[Any]] | None:
         """Finalize one slice of expired entries, then re-arm."""
         part.timer = None
         if part.ledger is not self._shared and self._parts.get(part.loop) is not part:
@@ -855,7 +731,7 @@ class ResourcePool(Generic[K, T]):
         self._arm(part)
         return self._run_later(part, self._start_finalizers(part, expired)) or None
 
-    def _cancel_timer(self, part: _Partition[K, T]) -> None:
+    def _cancel_timer(self, part: Partition[K, T]) -> None:
         timer, part.timer = part.timer, None
         if timer is not None:
             timer.cancel()
@@ -863,7 +739,7 @@ class ResourcePool(Generic[K, T]):
     # -- tasks, loops and partitions -----------------------------------------
 
     def _run_later(
-        self, part: _Partition[K, T] | None, pending: list[_Finalizing]
+        self, part: Partition[K, T] | None, pending: list[Finalizing]
     ) -> list[asyncio.Task[Any]]:
         """Finish each finalizer in a pool task on the running loop, tracked
         by ``part`` when that is its loop (so clear waits for it)."""
@@ -871,7 +747,7 @@ class ResourcePool(Generic[K, T]):
         home = part if part is not None and part.loop is loop else self._parts.get(loop)
         tasks: list[asyncio.Task[Any]] = []
         for finalizing in pending:
-            task = _spawn(loop, finalizing.run())
+            task = spawn(loop, finalizing.run())
             task.add_done_callback(finalizing.abandon)
             if home is not None:
                 self._track(home, task)
@@ -882,7 +758,7 @@ class ResourcePool(Generic[K, T]):
         return tasks
 
     def _track(
-        self, part: _Partition[K, T], task: asyncio.Task[Any]
+        self, part: Partition[K, T], task: asyncio.Task[Any]
     ) -> asyncio.Task[Any]:
         """Keep a pool task until it ends, so clear can wait for it."""
         if not task.done():
@@ -892,7 +768,7 @@ class ResourcePool(Generic[K, T]):
             self._task_done(part, task)
         return task
 
-    def _task_done(self, part: _Partition[K, T], task: asyncio.Task[Any]) -> None:
+    def _task_done(self, part: Partition[K, T], task: asyncio.Task[Any]) -> None:
         part.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self._report(task.exception(), "pool task", None)  # type: ignore[arg-type]
@@ -909,7 +785,7 @@ class ResourcePool(Generic[K, T]):
                     "ttlpool: on_error hook failed for %s of key %r", operation, key
                 )
 
-    def _all_partitions(self) -> list[_Partition[K, T]]:
+    def _all_partitions(self) -> list[Partition[K, T]]:
         with self._lock:
             return [*self._parts.values(), *self._closing]
 
@@ -948,7 +824,7 @@ class ResourcePool(Generic[K, T]):
                 if p.loop.is_closed()
                 and (p.ledger is self._shared or not p.ledger.finalizing)
             ]
-            orphaned: dict[_Partition[K, T], list[Entry[K, T]]] = {}
+            orphaned: dict[Partition[K, T], list[Entry[K, T]]] = {}
             for part in dead:
                 del self._parts[part.loop]
                 if part.ledger is not self._shared:
@@ -976,16 +852,16 @@ class ResourcePool(Generic[K, T]):
         with self._lock:
             self._unfinalized.append((ledger, entry))
 
-    def _take_unfinalized(self) -> list[_Finalizing]:
+    def _take_unfinalized(self) -> list[Finalizing]:
         """Call again the finalizers that never started; the awaits to do."""
         with self._lock:
             requeued, self._unfinalized = self._unfinalized, []
-        pending: list[_Finalizing] = []
+        pending: list[Finalizing] = []
         for ledger, entry in requeued:
             pending += self._start_finalizers(None, [entry], ledger)
         return pending
 
-    def _retire(self, part: _Partition[K, T]) -> None:
+    def _retire(self, part: Partition[K, T]) -> None:
         """Keep the running totals of a per-loop ledger that goes away.
 
         Called with ``_lock`` held, once its ledger has nothing finalizing.
@@ -994,19 +870,19 @@ class ResourcePool(Generic[K, T]):
             for name, attr in _TOTALS.items():
                 self._retired[name] += getattr(part.ledger, attr)
 
-    def _retire_shared(self, dead: _Partition[K, T], here: _Partition[K, T]) -> None:
+    def _retire_shared(self, dead: Partition[K, T], here: Partition[K, T]) -> None:
         ledger = dead.ledger
         gone = RuntimeError("acquire: the event loop running the factory closed")
         for creation in ledger.fail_creations(dead, gone):
             for waiter in creation.listeners:
-                _wake(waiter)
+                wake(waiter)
         if dead.timer is not None:
             dead.timer = None
             if ledger.timer_lost(self._now()) is not None:
                 self._arm(here)
 
     async def _on_loop(
-        self, part: _Partition[K, T], work: Callable[[], Coroutine[Any, Any, R]]
+        self, part: Partition[K, T], work: Callable[[], Coroutine[Any, Any, R]]
     ) -> R:
         """Run ``work()`` on ``part``'s loop while it runs, else right here."""
         target = part.loop
@@ -1023,11 +899,11 @@ class ResourcePool(Generic[K, T]):
                     handover.set_exception(exc)
                     return
                 # Wrapped: if the task is cancelled or dropped before its
-                # first step, coro is left unstarted (see _leftover).
-                wrapper = _await(coro)
+                # first step, coro is left unstarted (see leftover).
+                wrapper = awaited(coro)
                 begun.extend((wrapper, coro))
                 task = target.create_task(wrapper)
-                task.add_done_callback(functools.partial(_copy_outcome, handover))
+                task.add_done_callback(functools.partial(copy_outcome, handover))
 
         try:
             target.call_soon_threadsafe(start)
@@ -1044,13 +920,13 @@ class ResourcePool(Generic[K, T]):
                     # other loop cancelled the task as it shut down, as
                     # asyncio.run does with every task left. Hand what is
                     # left over again while it runs, else do it here.
-                    return await self._on_loop(part, _leftover(work, begun))
+                    return await self._on_loop(part, leftover(work, begun))
             if target.is_closed() or (part.is_here() and handover.cancel()):
                 result.cancel()
-                return await _leftover(work, begun)()
+                return await leftover(work, begun)()
 
     def _clear_generation(
-        self, loop: asyncio.AbstractEventLoop, parts: list[_Partition[K, T]]
+        self, loop: asyncio.AbstractEventLoop, parts: list[Partition[K, T]]
     ) -> asyncio.Task[None]:
         """Evict every partition (this loop's right now, others' on their
         own loop) and return the task that finishes their finalizers.
@@ -1074,14 +950,14 @@ class ResourcePool(Generic[K, T]):
         if strays:
             steps.append(asyncio.wait(strays))
         steps += self._take_unfinalized()
-        task = _spawn(loop, _gather_raising(steps))
+        task = spawn(loop, gather_raising(steps))
         if interrupt is not None:
             self._strays.add(task)
             task.add_done_callback(self._strays.discard)
             raise interrupt
         return task
 
-    def _clear_partition(self, part: _Partition[K, T]) -> Coroutine[Any, Any, None]:
+    def _clear_partition(self, part: Partition[K, T]) -> Coroutine[Any, Any, None]:
         """Evict all of one partition now; return what finishes its clear.
 
         On its own running loop, the rest waits for the partition's pool
@@ -1112,23 +988,23 @@ class ResourcePool(Generic[K, T]):
 
     async def _finish_clear(
         self,
-        part: _Partition[K, T],
-        pending: list[_Finalizing],
+        part: Partition[K, T],
+        pending: list[Finalizing],
         waits: set[asyncio.Task[Any]],
     ) -> None:
         # Only this loop's tasks can be waited for (a hand-over that the
-        # other loop dropped is finished here: see _leftover).
+        # other loop dropped is finished here: see leftover).
         loop = asyncio.get_running_loop()
         waits = {t for t in waits if t.get_loop() is loop}
         try:
-            await _gather_raising(pending)
+            await gather_raising(pending)
         finally:
             if waits:
                 await asyncio.wait(waits)
             with self._lock:
                 if (
                     part in self._closing
-                    and not _has_work(part)
+                    and not has_work(part)
                     and not part.ledger.finalizing
                 ):
                     self._closing.remove(part)
@@ -1152,91 +1028,3 @@ _GAUGES = (
     "pending_cleanup",
     "creating",
 )
-
-
-def _has_work(part: _Partition[Any, Any]) -> bool:
-    ledger = part.ledger
-    return bool(ledger.entries or ledger.creating or part.tasks or part.timer)
-
-
-def _keys_of(part: _Partition[Any, Any]) -> list[object]:
-    ledger = part.ledger
-    return [
-        *ledger.entries,
-        *ledger.creating,
-        *(e.key for e in list(ledger.finalizing)),
-    ]
-
-
-def _started(
-    loop: asyncio.AbstractEventLoop, aw: Awaitable[Any]
-) -> asyncio.Future[Any]:
-    """A task running ``aw`` (a future as it is), safe to cancel unstarted."""
-    if isinstance(aw, asyncio.Future):
-        return aw
-    if isinstance(aw, _Finalizing):
-        task = _spawn(loop, aw.run())
-        task.add_done_callback(aw.abandon)
-        return task
-    task = _spawn(loop, cast("Coroutine[Any, Any, Any]", aw))
-    if sys.version_info < (3, 12):  # from 3.12 the task starts eagerly
-        task.add_done_callback(_close_unstarted)
-    return task
-
-
-def _close_unstarted(task: asyncio.Task[Any]) -> None:
-    coro = cast("Coroutine[Any, Any, Any]", task.get_coro())
-    if task.cancelled() and getcoroutinestate(coro) == CORO_CREATED:
-        coro.close()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    loop = waiter.get_loop()
-    try:
-        if loop is asyncio.get_running_loop():
-            if not waiter.done():
-                waiter.set_result(None)
-            return
-    except RuntimeError:
-        pass
-    with contextlib.suppress(RuntimeError):  # that loop closed: its waiter is gone
-        loop.call_soon_threadsafe(_wake_here, waiter)
-
-
-def _wake_here(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _copy_outcome(
-    target: concurrent.futures.Future[Any], task: asyncio.Task[Any]
-) -> None:
-    if task.cancelled():
-        target.set_exception(asyncio.CancelledError())
-    elif task.exception() is not None:
-        target.set_exception(task.exception())
-    else:
-        target.set_result(task.result())
-
-
-async def _gather_raising(awaitables: Iterable[Awaitable[Any]]) -> None:
-    """Await all concurrently; report nothing, re-raise the first failure
-    once all have ended.
-
-    One is awaited right here. Several run in tasks started now, each of
-    which settles what it carries even if it is cancelled before its first
-    step (Python < 3.12, a loop shutting down): nothing is left un-awaited.
-    """
-    aws = list(awaitables)
-    if not aws:
-        return
-    if len(aws) == 1:
-        await aws[0]
-        return
-    loop = asyncio.get_running_loop()
-    results = await asyncio.gather(
-        *(_started(loop, aw) for aw in aws), return_exceptions=True
-    )
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
