@@ -204,6 +204,14 @@ async def _guarded_interleave(
     await interleave(results, reps, guarded)
 
 
+def _failed(grp: Any, name: str, failed: list[str], exc: Exception) -> Sample:
+    """A variant raised: drop its samples and skip it from now on, saying why."""
+    failed.append(repr(exc))
+    grp.figure(name).samples.clear()
+    grp.skip(name, f"failed: {exc!r}")
+    return {}
+
+
 def _guard(grp: Any, name: str, case: Callable[[], Awaitable[Sample]]) -> Any:
     failed: list[str] = []
 
@@ -213,10 +221,7 @@ def _guard(grp: Any, name: str, case: Callable[[], Awaitable[Sample]]) -> Any:
         try:
             return await case()
         except Exception as exc:
-            failed.append(repr(exc))
-            grp.figure(name).samples.clear()
-            grp.skip(name, f"failed: {exc!r}")
-            return {}
+            return _failed(grp, name, failed, exc)
 
     return guarded
 
@@ -277,10 +282,7 @@ def _guard_sync(grp: Any, name: str, case: Callable[[], Sample]) -> Any:
         try:
             return case()
         except Exception as exc:
-            failed.append(repr(exc))
-            grp.figure(name).samples.clear()
-            grp.skip(name, f"failed: {exc!r}")
-            return {}
+            return _failed(grp, name, failed, exc)
 
     return guarded
 
