@@ -304,25 +304,32 @@ def test_pending_cleanup_maps_deadlines_and_finalizers_in_flight() -> None:
     assert (ledger.finalized_total, ledger.finalizer_errors) == (1, 1)
 
 
-def test_abandon_and_adopt_move_finalizing_accounting() -> None:
+def test_retire_into_moves_every_finalization_to_the_heir() -> None:
+    """A closed loop's ledger: every entry is evicted, what it was finalizing
+    goes to the heir too, its creations are dropped, its totals stay."""
     dead: Ledger[str, object] = Ledger(ttl=5, max_idle=None)
     held, idle = acquire(dead, "held"), acquire(dead, "idle")
     dead.release(idle, now=0.0)
+    doomed = acquire(dead, "doomed")
+    assert dead.release(doomed, now=0.0) == 0  # idle; then expired by hand
+    assert dead.expire("doomed") is doomed  # finalizing when the loop closed
     begin(dead, "creating")
-    orphans = dead.abandon()
-    assert set(orphans) == {held, idle} and not any(e.live for e in orphans)
+    heir: Ledger[str, object] = Ledger(ttl=5, max_idle=None)
+
+    evicted = dead.retire_into(heir)
+
+    assert set(evicted) == {held, idle} and not any(e.live for e in evicted)
     assert not dead.entries and not dead.creating and not dead.finalizing
     assert dead.pending_cleanup_count() == 0 and dead.pending_cleanup() == {}
-
-    alive: Ledger[str, object] = Ledger(ttl=5, max_idle=None)
-    alive.adopt(orphans)
-    assert alive.finalizing == set(orphans)
-    assert alive.pending_cleanup_count() == 2
-    assert alive.pending_cleanup() == {"held": None, "idle": None}
-    for entry in orphans:
-        alive.finalized(entry, ok=True)
-    assert not alive.finalizing and alive.finalized_total == 2
-    assert dead.finalized_total == 0
+    assert heir.finalizing == {held, idle, doomed}
+    assert heir.pending_cleanup() == {"held": None, "idle": None, "doomed": None}
+    heir.finalized(held, ok=True)
+    heir.finalized(idle, ok=False)
+    heir.abandoned(doomed)  # cut off with its loop: over, not finalized
+    assert not heir.finalizing and heir.pending_cleanup_count() == 0
+    assert (heir.finalized_total, heir.finalizer_errors) == (2, 1)
+    assert heir.abandoned_total == 1
+    assert (dead.created_total, dead.finalized_total) == (3, 0)
 
 
 # -- LockedLedger -----------------------------------------------------------------

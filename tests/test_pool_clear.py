@@ -832,7 +832,7 @@ async def test_stats_count_a_scripted_scenario() -> None:
         clock=clock,
         on_error=lambda exc, operation, key: None,
     )
-    expected = dict.fromkeys(SPEC_STATS_FIELDS | {"errors"}, 0)
+    expected = dict.fromkeys(SPEC_STATS_FIELDS | {"errors", "abandoned"}, 0)
     assert counters(pool) == expected
 
     await pool.acquire("a")  # miss, created

@@ -1,5 +1,17 @@
 """The bookkeeping of one partition of a pool, with no event loop in it.
 
+Two rules: every decision about counts, idle deadlines, eviction order and
+state transitions is made here, and nothing here knows about event loops,
+tasks or which thread it runs on (the time is an argument, ``now``).
+
+Ownership. A :class:`Ledger` takes no lock: only its owner touches it, which
+is the thread of the partition's event loop while that loop lives, and then
+the one caller that adopted the partition after the loop closed (see
+``ttlpool._handover``). Observers on other threads only read it, through
+copies (:meth:`Ledger.pending_cleanup`) or plain integers and ``len``. A
+:class:`LockedLedger` is shared by every loop's partition and holds its own
+lock around every operation.
+
 Invariants (checked after every step by ``tests/test_model.py``):
 
 1. An entry is *live* while it is in ``entries``. Eviction takes it out of
@@ -12,8 +24,9 @@ Invariants (checked after every step by ``tests/test_model.py``):
    is always the next entry to expire, and the least recently released.
 4. A key is in at most one of ``entries`` and ``creating``: a miss on a key
    that is being created joins that creation instead of starting another.
-5. Every evicted entry is in ``finalizing`` until the driver reports its
-   finalizer done, exactly once, with :meth:`Ledger.finalized`.
+5. Every evicted entry is in ``finalizing`` until the driver reports, once,
+   that its finalizer ended (:meth:`Ledger.finalized`) or was cut off with
+   its event loop (:meth:`Ledger.abandoned`).
 6. ``timer_deadline`` is the deadline the driver has a timer armed for, or
    ``None`` when none is armed. At most one timer per ledger.
 
@@ -26,7 +39,7 @@ ledger through any interleaving with a manual clock.
   A hit takes the entry out of ``idle`` (an O(1) dict delete) and never
   touches the timer: a timer that fires for an entry no longer idle finds
   nothing expired and re-arms for the new front.
-- ``begin``/``join``/``withdraw``/``created``/``failed``: the life of one
+- ``lookup``/``listen``/``withdraw``/``created``/``failed``: the life of one
   creation. Waiters are counted; when the factory returns, the entry starts
   with one reference per waiter still waiting.
 - ``release(entry, now)``: one reference fewer. At zero the entry is
@@ -37,6 +50,8 @@ ledger through any interleaving with a manual clock.
   the front (reaping costs O(expired), not O(cached)) and says when to wake
   up next.
 - ``expire``/``evict_all``: retire one key (draining leases first) or all.
+- ``retire_into(heir)``: the ledger's loop closed; another partition's
+  ledger takes over what is left to finalize.
 
 ``LockedLedger`` is the same ledger with every operation under one thread
 lock, for a partition that several event loops share.
@@ -143,6 +158,7 @@ class Ledger(Generic[K, T]):
         self.evicted_total = 0
         self.factory_errors = 0
         self.finalizer_errors = 0
+        self.abandoned_total = 0
 
     # -- leases --------------------------------------------------------------
 
@@ -179,7 +195,8 @@ class Ledger(Generic[K, T]):
             return 0
         if refs < 0:
             raise ValueError(
-                f"release of key {entry.key!r}: reference count is already 0"
+                f"Reference count for key {entry.key!r} is already 0: "
+                f"release({entry.key!r}) found no lease to give back"
             )
         entry.refs = 0
         if entry.doomed or self.ttl == 0:
@@ -313,6 +330,12 @@ class Ledger(Generic[K, T]):
             self.finalizer_errors += 1
         self.finalizing.discard(entry)
 
+    def abandoned(self, entry: Entry[K, T]) -> None:
+        """A finalization was cut off (its event loop closed while it ran):
+        it is over, and it is not counted as finalized."""
+        self.abandoned_total += 1
+        self.finalizing.discard(entry)
+
     def expire(self, key: K) -> Entry[K, T] | None:
         """Retire ``key``: an idle entry is evicted and returned for finalizing;
         a referenced entry, or one being created, is marked instead."""
@@ -341,20 +364,21 @@ class Ledger(Generic[K, T]):
         self.timer_deadline = None
         return evicted
 
-    def abandon(self) -> list[Entry[K, T]]:
-        """Evict everything of a partition whose event loop is gone.
+    def retire_into(self, heir: Ledger[K, T]) -> list[Entry[K, T]]:
+        """This ledger's event loop closed: ``heir`` takes its work over.
 
-        Creations in flight there can never finish; they are dropped.
+        Every live entry is evicted and returned (the heir finalizes them);
+        every finalization in flight moves to the heir's ``finalizing`` (the
+        heir settles it: finalized, or abandoned if it was cut off); the
+        creations in flight are dropped, as their waiters were on that loop.
+        The running totals stay here for the driver to keep.
         """
         evicted = self.evict_all()
-        self.creating.clear()
+        heir.finalizing.update(self.finalizing)
         self.finalizing.clear()
+        self.creating.clear()
         self.owed.clear()
         return evicted
-
-    def adopt(self, entries: list[Entry[K, T]]) -> None:
-        """Take over the finalizing of entries another ledger evicted."""
-        self.finalizing.update(entries)
 
     def fail_creations(
         self, owner: object, error: BaseException
@@ -412,9 +436,12 @@ class Ledger(Generic[K, T]):
 
     def pending_cleanup(self) -> dict[K, float | None]:
         """Each key with pending cleanup: its deadline, or ``None`` while finalizing."""
-        pending: dict[K, float | None] = {e.key: None for e in self.finalizing}
+        # Copies first: another thread may read this while the owner works,
+        # and copying a dict or a set is one step that no thread interleaves.
+        finalizing, idle = self.finalizing.copy(), self.idle.copy()
+        pending: dict[K, float | None] = {e.key: None for e in finalizing}
         if self.ttl != math.inf:
-            pending.update((key, entry.deadline) for key, entry in self.idle.items())
+            pending.update((key, entry.deadline) for key, entry in idle.items())
         return pending
 
 
@@ -483,9 +510,9 @@ class LockedLedger(Ledger[K, T]):
         with self.lock:
             return super().evict_all()
 
-    def adopt(self, entries: list[Entry[K, T]]) -> None:
+    def abandoned(self, entry: Entry[K, T]) -> None:
         with self.lock:
-            super().adopt(entries)
+            super().abandoned(entry)
 
     def fail_creations(
         self, owner: object, error: BaseException

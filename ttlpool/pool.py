@@ -1,105 +1,73 @@
-"""``ResourcePool`` and ``Resource``: the asyncio driver around the ledger.
+"""``ResourcePool`` and ``Resource``: the public async API.
 
-Every decision (hit or miss, idle or finalize, what has expired) is made by
-:mod:`ttlpool._core`; this module only does what needs an event loop: it
-calls factories and finalizers and awaits what they return, keeps one timer
-per loop armed for the earliest idle deadline, and hands work that belongs
-to another loop over to that loop.
+What lives here: the map from event loops to their partitions, the routes
+that work takes between loops, the generations of ``clear``, statistics and
+fork handling. What does not: every decision about counts and deadlines
+(:mod:`ttlpool._core`), everything that needs one loop (factories,
+finalizers, the timer: :mod:`ttlpool._partition`), and how work crosses
+threads (:mod:`ttlpool._handover`, whose guarantee this module relies on).
 
-Threads and loops. Each event loop gets a *partition* (its own ledger, timer
-and tasks). Only the loop's own thread touches a per-loop ledger, so a hit
-and a release take no lock. Work that crosses loops (``clear``, ``expire``,
-the entries of a loop that closed) is rare: it runs on the owning loop when
-that loop is running, and on the caller's loop otherwise. With
-``per_loop=False`` every partition shares one :class:`LockedLedger`, so any
-loop sees every entry and each ledger step holds a thread lock. The pool
-lock (``_lock``) guards only the partition map; no lock is ever held across
-an ``await`` or while user code runs.
+Who touches what:
+
+- ``_partitions`` (every partition not yet adopted, by loop), ``_retired``
+  (the running totals of adopted per-loop ledgers) and ``_closed`` are
+  written only under ``_lock``.
+- ``_parts`` is ``_partitions`` while the pool is open and an empty dict
+  once it is closed. It is replaced only under ``_lock`` and read without
+  it by the hot path: one dict lookup, which no thread interleaves.
+- A partition's ledger, timer and jobs belong to its loop's thread, then to
+  the partition that adopted it (see :mod:`ttlpool._partition`); other
+  threads read them only through copies and counters (``stats``, ``len``,
+  ``in``, ``pending_cleanup``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
-import math
 import os
-import sys
 import threading
 import weakref
-from collections.abc import (
-    Awaitable,
-    Callable,
-    Coroutine,
-    Hashable,
-    Iterable,
-)
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger, LockedLedger
-from ttlpool._tasks import (
-    Finalizing,
+from ttlpool._aio import call_soon_threadsafe
+from ttlpool._checks import (
+    check_callable,
+    check_key,
+    check_max_idle,
+    check_seconds,
+    check_ttl,
+    unhashable,
+)
+from ttlpool._core import Creation, Entry, Ledger, LockedLedger
+from ttlpool._handover import Answer, Owner, Request, Route, answer_of
+from ttlpool._partition import (
+    INSIDE,
+    REAP_SLICE,
+    ErrorHook,
+    InsideOf,
     Partition,
-    awaited,
-    copy_outcome,
-    gather_raising,
-    has_work,
-    is_awaitable,
-    keys_of,
-    leftover,
-    spawn,
-    wake,
+    Settings,
+    finish,
 )
 from ttlpool.clock import Clock, MonotonicClock
 from ttlpool.errors import PoolClosedError
 from ttlpool.stats import PoolStats
 
-__all__ = ["ErrorHook", "Resource", "ResourcePool"]
+__all__ = ["REAP_SLICE", "ErrorHook", "Resource", "ResourcePool"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
-R = TypeVar("R")
 
 log = logging.getLogger("ttlpool")
 
-#: ``on_error(exception, operation, key)``: called for every error the pool
-#: catches (a failing finalizer, a failure in a task the pool runs).
-ErrorHook = Callable[[BaseException, str, Any], None]
-
-#: Expired entries finalized per timer callback before yielding to the loop.
-REAP_SLICE = 128
-#: How often a cross-loop hand-over checks that the other loop still runs.
-_HANDOVER_POLL = 0.05
-
-#: A lease's ``_entry`` while its slow path awaits the acquire.
+#: A lease's ``_entry`` while its slow path awaits the acquire, and once left.
 _ENTERING: Any = object()
+_RELEASED: Any = object()
 _get_running_loop = asyncio.get_running_loop
-
-
-def _check_ttl(ttl: object) -> float:
-    if ttl is None:
-        return math.inf
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        raise TypeError(f"ttl must be a number of seconds or None, not {ttl!r}")
-    if math.isnan(ttl) or ttl < 0:
-        raise ValueError(f"ttl must be >= 0 seconds (or None/inf), not {ttl!r}")
-    return float(ttl)
-
-
-def _check_max_idle(max_idle: object) -> int | None:
-    if max_idle is None:
-        return None
-    if isinstance(max_idle, bool) or not isinstance(max_idle, int):
-        raise TypeError(f"max_idle must be an int or None, not {max_idle!r}")
-    if max_idle < 0:
-        raise ValueError(f"max_idle must be >= 0, not {max_idle!r}")
-    return max_idle
-
-
-def _key_error(operation: str, key: object) -> TypeError:
-    return TypeError(f"{operation}: key {key!r} is unhashable")
 
 
 class Resource(Generic[T]):
@@ -113,19 +81,22 @@ class Resource(Generic[T]):
     raises ``RuntimeError``. Leaving never swallows the body's exception.
     """
 
-    # ``_entry`` is None until entering starts; ``_part`` is set once entered
-    # and back to None once left.
+    # ``_entry``: None (new), _ENTERING, the entry (entered), _RELEASED.
+    # ``_part``: the partition while entered, else None.
     __slots__ = ("_entry", "_key", "_part", "_pool")
 
     def __init__(self, pool: ResourcePool[Any, T], key: Hashable) -> None:
         self._pool = pool
         self._key = key
         self._entry: Entry[Any, T] | None = None
-        self._part: Partition[Any, T] | None
+        self._part: Partition[Any, T] | None = None
 
     async def __aenter__(self) -> T:
         if self._entry is not None:
-            raise RuntimeError(f"get({self._key!r}): a lease can be entered only once")
+            raise RuntimeError(
+                "Cannot re-acquire a resource that has already been acquired "
+                f"(get({self._key!r}): a lease can be entered only once)"
+            )
         pool, key = self._pool, self._key
         loop = _get_running_loop()
         part = pool._parts.get(loop)
@@ -133,21 +104,21 @@ class Resource(Generic[T]):
             try:
                 entry = part.ledger.hit(key)
             except TypeError:
-                raise _key_error("get", key) from None
+                raise unhashable("get", key) from None
             if entry is not None:
                 self._part = part
                 self._entry = entry
                 return entry.resource
         self._entry = _ENTERING
         try:
-            # No coroutine for the slow path: a sync factory ends in _begin.
+            # No coroutine for the slow path when the factory is sync.
             part, found = pool._begin(key, loop, "get", part)
             if isinstance(found, Entry):
                 entry = found
             elif found.done and found.entry is not None:
                 entry = found.entry
             else:
-                entry = await pool._wait(part, found)
+                part, entry = await pool._wait_for(part, found, key, loop, "get")
         except BaseException:
             self._entry = None
             raise
@@ -161,26 +132,35 @@ class Resource(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            part = self._part
-        except AttributeError:
-            part = None
+        part = self._part
         if part is None:
+            done = self._entry is _RELEASED
             raise RuntimeError(
-                f"get({self._key!r}): a lease can be left only once, after entering"
+                f"Cannot release a resource that "
+                f"{'has already been released' if done else 'was not acquired'} "
+                f"(get({self._key!r}): a lease can be left only once, after entering)"
             )
-        self._part = None
         entry: Entry[Any, T] = self._entry  # type: ignore[assignment]
+        self._part = None
+        self._entry = _RELEASED
+        if exc_type is GeneratorExit:  # its coroutine is being closed: no await
+            self._pool._release_from_anywhere(part, entry)
+            return
         action = part.ledger.release(entry, part.now())
         if action:
-            pending = self._pool._carry_out(part, entry, action)
-            if pending:  # a sync finalizer leaves nothing to await
-                await gather_raising(pending)
+            await finish(part.carry_out(entry, action))
 
     def __repr__(self) -> str:
-        state = "new" if self._entry is None else "entered"
-        if state == "entered" and getattr(self, "_part", None) is None:
-            state = "left" if self._entry is not _ENTERING else "entering"
+        entry = self._entry
+        state = (
+            "new"
+            if entry is None
+            else "entering"
+            if entry is _ENTERING
+            else "left"
+            if entry is _RELEASED
+            else "entered"
+        )
         return f"<Resource key={self._key!r} {state}>"
 
 
@@ -206,7 +186,8 @@ class ResourcePool(Generic[K, T]):
     seconds (``0``: finalized at its last release; ``None`` or ``math.inf``:
     until ``expire``, ``max_idle``, ``clear`` or ``aclose``), then the pool
     finalizes it by itself. ``max_idle`` bounds the idle entries; the one
-    released longest ago goes first.
+    released longest ago goes first. A finalizer, once started, runs to its
+    end, whoever waits for it and whatever happens to them.
 
     Errors the pool catches are logged on the ``ttlpool`` logger, counted in
     :attr:`stats` and passed to ``on_error(exception, operation, key)``.
@@ -222,21 +203,18 @@ class ResourcePool(Generic[K, T]):
         "__weakref__",
         "_clock",
         "_closed",
-        "_closing",
-        "_errors",
         "_factory",
         "_finalizer",
         "_lock",
         "_max_idle",
-        "_now",
         "_on_error",
+        "_partitions",
         "_parts",
         "_per_loop",
         "_retired",
+        "_settings",
         "_shared",
-        "_strays",
         "_ttl",
-        "_unfinalized",
     )
 
     @overload
@@ -276,18 +254,20 @@ class ResourcePool(Generic[K, T]):
         per_loop: bool = True,
         clock: Clock | None = None,
     ) -> None:
-        self._ttl = _check_ttl(ttl)
-        self._max_idle = _check_max_idle(max_idle)
-        if not callable(factory):
-            raise TypeError(f"factory must be callable, not {factory!r}")
-        if finalizer is not None and not callable(finalizer):
-            raise TypeError(f"finalizer must be callable or None, not {finalizer!r}")
+        where = "ResourcePool()"
+        self._ttl = check_ttl(ttl, where)
+        self._max_idle = check_max_idle(max_idle, where)
+        check_callable(factory, "factory", where, optional=False)
+        check_callable(finalizer, "finalizer", where, optional=True)
+        check_callable(on_error, "on_error", where, optional=True)
+        if not isinstance(cast(object, per_loop), bool):
+            raise TypeError(f"{where}: per_loop must be a bool, not {per_loop!r}")
         self._factory = factory
         self._finalizer = finalizer
         self._on_error = on_error
         self._per_loop = per_loop
         self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._now = self._clock.now
+        self._closed = False
         self._forget_everything()
         _POOLS.add(self)
 
@@ -302,24 +282,37 @@ class ResourcePool(Generic[K, T]):
             return super().__class_getitem__(params)
 
     def _forget_everything(self) -> None:
-        """Start empty: at construction, and in a forked child."""
+        """Start empty: at construction, and in a child after ``os.fork()``.
+
+        The partitions of the parent are marked FORKED (they finalize
+        nothing: their resources are the parent's), and every lock they
+        could take is replaced, since a thread of the parent may have held
+        it at the fork and that thread does not exist here.
+        """
+        parts: dict[Any, Partition[K, T]] = getattr(self, "_partitions", {})
+        for part in parts.values():
+            part.mailbox.owner = Owner.FORKED
+            part.mailbox.lock = threading.Lock()
+            part.settings.errors_lock = threading.Lock()
+        shared: LockedLedger[K, T] | None = getattr(self, "_shared", None)
+        if shared is not None:
+            shared.lock = threading.Lock()
         self._lock = threading.Lock()
-        self._parts: dict[asyncio.AbstractEventLoop, Partition[K, T]] = {}
-        #: Partitions taken out of ``_parts`` by ``aclose``, until cleared.
-        self._closing: list[Partition[K, T]] = []
+        self._settings = Settings(
+            self._factory,
+            self._finalizer,
+            self._on_error,
+            self._clock,
+            self._timer_fired,
+        )
+        self._partitions: dict[asyncio.AbstractEventLoop, Partition[K, T]] = {}
+        self._parts = {} if self._closed else self._partitions
         self._shared: LockedLedger[K, T] | None = (
             None
             if self._per_loop
             else LockedLedger(self._ttl, self._max_idle, threading.Lock())
         )
-        self._closed = False
-        #: Running totals of ledgers that were dropped (loops that closed).
         self._retired: dict[str, int] = dict.fromkeys(_TOTALS, 0)
-        self._errors = 0
-        #: Tasks of ``clear`` calls that timed out, kept until they end.
-        self._strays: set[asyncio.Task[Any]] = set()
-        #: Entries whose finalizer task was cancelled before it started.
-        self._unfinalized: list[tuple[Ledger[K, T], Entry[K, T]]] = []
 
     # -- public API ----------------------------------------------------------
 
@@ -343,14 +336,20 @@ class ResourcePool(Generic[K, T]):
         Pair every acquire with one :meth:`release` of the same key on the
         same event loop, or use :meth:`get`.
         """
-        loop = asyncio.get_running_loop()
+        loop = _get_running_loop()
         part = self._parts.get(loop)
         try:
             entry = part.ledger.hit(key) if part is not None else None
         except TypeError:
-            raise _key_error("acquire", key) from None
+            raise unhashable("acquire", key) from None
         if part is None or entry is None:
-            part, entry = await self._acquire(key, loop)
+            part, found = self._begin(key, loop, "acquire", part)
+            if isinstance(found, Entry):
+                entry = found
+            elif found.done and found.entry is not None:
+                entry = found.entry
+            else:
+                part, entry = await self._wait_for(part, found, key, loop, "acquire")
         part.ledger.hold(entry)
         return entry.resource
 
@@ -359,43 +358,46 @@ class ResourcePool(Generic[K, T]):
 
         A key with no entry is a no-op; a key whose entry holds no reference
         raises ``ValueError``. At the last release the entry is finalized
-        within this call (``ttl == 0`` or marked by :meth:`expire`) or
-        becomes idle until its deadline.
+        within this call (``ttl == 0`` or marked by :meth:`expire`; if the
+        caller is cancelled meanwhile, the finalizer still runs to its end
+        first) or becomes idle until its deadline.
         """
-        part = self._parts.get(asyncio.get_running_loop())
+        part = self._parts.get(_get_running_loop())
+        if part is None:
+            check_key(key, "release")
+            return
         try:
-            if part is None:
-                hash(key)
-                return
-            entry, action = part.ledger.release_key(key, self._now())
+            entry, action = part.ledger.release_key(key, part.now())
         except TypeError:
-            raise _key_error("release", key) from None
+            raise unhashable("release", key) from None
         if entry is not None and action:
-            pending = self._carry_out(part, entry, action)
-            if pending:
-                await gather_raising(pending)
+            await finish(part.carry_out(entry, action))
 
     async def expire(self, key: K) -> None:
         """Retire ``key`` in every event loop's entries, draining leases first.
 
-        An idle entry is finalized now and this returns after its finalizer.
-        A referenced entry, or one being created, is marked: its last
-        release finalizes it, unless it is acquired again first. Unknown
-        keys are a no-op.
+        An idle entry is finalized now and this returns after its finalizer
+        (another loop's entry on that loop). A referenced entry, or one
+        being created, is marked: its last release finalizes it, unless it
+        is acquired again first. Unknown keys are a no-op. An event loop
+        that is stopped (not closed) in another thread retires the key when
+        it runs again; this does not wait for it.
         """
-        try:
-            hash(key)
-        except TypeError:
-            raise _key_error("expire", key) from None
-        loop = asyncio.get_running_loop()
-        self._sweep(loop)
-        parts = self._all_partitions()
-        if self._shared is not None:
-            parts = parts[:1]
-        await gather_raising(
-            self._on_loop(part, functools.partial(self._expire_in, part, key))
-            for part in parts
-        )
+        check_key(key, "expire")
+        loop = _get_running_loop()
+        here = self._home(loop)
+        self._sweep(here)
+        tasks = here.expire(key)
+        asked: list[tuple[Partition[K, T], asyncio.Future[Answer]]] = []
+        if self._shared is None:
+            work = functools.partial(self._expire_work, key)
+            asked, _, adopted = self._send_all(here, work)
+            tasks += self._adopt(here, adopted)
+        await finish(tasks)
+        for part, reply in asked:
+            answer = await answer_of(part.mailbox, reply, None)
+            if answer is not None and answer[1] is not None:
+                raise answer[1]
 
     async def clear(self, *, timeout: float | None = None) -> None:
         """Finalize every entry of every event loop now, referenced or not.
@@ -403,60 +405,33 @@ class ResourcePool(Generic[K, T]):
         Repeats, generation after generation, until nothing it found or
         that appeared while it ran is left: finalizers may acquire other
         keys, and creations in flight finish and are finalized in turn.
-        Finalizers run concurrently, each loop's on that loop while it
-        runs. An ``Exception`` from one is reported and the rest go on; a
-        ``BaseException`` is re-raised once every entry is evicted. Holders
-        keep their objects; their later release is a no-op.
+        Finalizers run concurrently, each loop's on that loop while it runs
+        (a closed loop's on this one). An ``Exception`` from one is reported
+        and the rest go on; a ``BaseException`` is re-raised once every
+        entry is evicted. Holders keep their objects; their later release is
+        a no-op. Called from inside a factory or finalizer of this pool, it
+        does not wait for that creation or finalization itself.
 
-        Raises ``TimeoutError`` naming what is left if ``timeout`` seconds
-        pass first.
+        An event loop that is stopped but not closed in another thread (it
+        may run again) clears its own entries when it runs again: this does
+        not wait for it. Raises ``TimeoutError`` naming what is left if
+        ``timeout`` seconds pass first.
         """
-        loop = asyncio.get_running_loop()
-        self._sweep(loop)
-        deadline = None if timeout is None else loop.time() + timeout
-        interrupt: BaseException | None = None
-        while True:
-            parts = [p for p in self._all_partitions() if has_work(p)]
-            strays_here = any(t.get_loop() is loop for t in self._strays)
-            if not parts and not strays_here and not self._unfinalized:
-                break
-            try:
-                generation = self._clear_generation(loop, parts)
-            except BaseException as exc:  # a sync finalizer raised it
-                interrupt = interrupt or exc
-                continue
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                done, _ = await asyncio.wait({generation}, timeout=remaining)
-            finally:
-                if not generation.done():  # timed out, or the caller cancelled
-                    self._strays.add(generation)
-                    generation.add_done_callback(self._strays.discard)
-            if not done:
-                left = sorted(
-                    {repr(k) for p in self._all_partitions() for k in keys_of(p)}
-                )
-                raise TimeoutError(
-                    f"clear: timed out after {timeout}s with keys still being "
-                    f"finalized or created: {', '.join(left) or '(finalizer tasks)'}"
-                )
-            if generation.exception() is not None:
-                interrupt = interrupt or generation.exception()
-        if interrupt is not None:
-            raise interrupt
+        await self._clear(check_seconds(timeout, "timeout", "clear"), "clear")
 
     async def aclose(self) -> None:
         """Close the pool for good, then :meth:`clear` it.
 
         Every later acquire raises :class:`PoolClosedError`; releases of
-        outstanding leases become no-ops. Idempotent.
+        outstanding leases become no-ops. Returns once every finalizer in
+        flight has ended, except on event loops that are stopped (not
+        closed) in other threads: their entries are finalized when each
+        runs again, and a warning names them. Idempotent.
         """
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._closing.extend(self._parts.values())
-                self._parts = {}
-        await self.clear()
+            self._closed = True
+            self._parts = {}
+        await self._clear(None, "aclose")
 
     async def __aenter__(self) -> ResourcePool[K, T]:
         return self
@@ -473,41 +448,49 @@ class ResourcePool(Generic[K, T]):
     def stats(self) -> PoolStats:
         """A snapshot of gauges and running totals over every event loop.
 
-        O(number of event loops). Idle entries of a loop that closed are
-        counted as entries but not as pending cleanup: no timer of theirs
-        can fire; the next pool operation from a live loop finalizes them.
+        O(number of event loops); safe from any thread. Entries left by a
+        loop that closed count until a pool operation on a live loop (a
+        miss, a reap, ``expire``, ``clear`` or ``aclose``) finalizes them.
         """
-        totals = dict(self._retired)
+        with self._lock:
+            totals = dict(self._retired)
+            ledgers = self._ledgers()
         gauges = dict.fromkeys(_GAUGES, 0)
-        for ledger, alive in self._ledgers():
+        for ledger in ledgers:
             for name, attr in _TOTALS.items():
                 totals[name] += getattr(ledger, attr)
             gauges["total_entries"] += len(ledger.entries)
             gauges["referenced_entries"] += ledger.referenced
             gauges["idle_entries"] += len(ledger.idle)
             gauges["creating"] += len(ledger.creating)
-            gauges["pending_cleanup"] += (
-                ledger.pending_cleanup_count() if alive else len(ledger.finalizing)
-            )
-        return PoolStats(**gauges, **totals, errors=self._errors)
+            gauges["pending_cleanup"] += ledger.pending_cleanup_count()
+        return PoolStats(**gauges, **totals, errors=self._settings.errors)
 
     @property
     def pending_cleanup(self) -> dict[K, float | None]:
         """Each key with pending cleanup: its idle deadline (on the pool's
         clock, ``time.monotonic`` by default), or ``None`` while finalizing."""
+        with self._lock:
+            ledgers = self._ledgers()
         pending: dict[K, float | None] = {}
-        for ledger, alive in self._ledgers():
-            if alive:
-                pending.update(ledger.pending_cleanup())
-            else:
-                pending.update(dict.fromkeys(e.key for e in list(ledger.finalizing)))
+        for ledger in ledgers:
+            pending.update(ledger.pending_cleanup())
         return pending
 
     def __len__(self) -> int:
-        return sum(len(ledger.entries) for ledger, _ in self._ledgers())
+        with self._lock:
+            ledgers = self._ledgers()
+        return sum(len(ledger.entries) for ledger in ledgers)
 
     def __contains__(self, key: object) -> bool:
-        return any(key in ledger.entries for ledger, _ in self._ledgers())
+        check_key(key, "`key in pool`")
+        with self._lock:
+            ledgers = self._ledgers()
+        return any(key in ledger.entries for ledger in ledgers)
+
+    def __bool__(self) -> bool:
+        # A pool is a pool, empty or not: `if pool:` must not skip an empty one.
+        return True
 
     def __repr__(self) -> str:
         s = self.stats
@@ -525,490 +508,311 @@ class ResourcePool(Generic[K, T]):
         self,
         key: K,
         loop: asyncio.AbstractEventLoop,
-        operation: str = "acquire",
-        missed_in: Partition[K, T] | None = None,
+        operation: str,
+        missed_in: Partition[K, T] | None,
     ) -> tuple[Partition[K, T], Entry[K, T] | Creation[K, T]]:
         """The synchronous start of a slow acquire (new loop, miss, closed
         pool): a hit, or the creation to wait for, already settled when the
         factory is sync. ``missed_in``: the partition whose ``hit`` missed."""
         part = missed_in
         if part is None or self._closed:
-            part = self._partition(loop, key, operation)
+            part = self._partition_for(loop, key, operation)
         try:
             found, started = part.ledger.lookup(key, part is missed_in)
         except TypeError:
-            raise _key_error(operation, key) from None
+            raise unhashable(operation, key) from None
         if started:
-            creation = cast("Creation[K, T]", found)
-            creation.owner = part
-            if len(self._parts) > 1:
-                self._sweep(loop)
-            self._create(part, creation)
+            assert isinstance(found, Creation)
+            found.owner = part
+            if len(self._partitions) > 1:
+                self._sweep(part)
+            part.create(found)
         return part, found
 
-    async def _acquire(
-        self, key: K, loop: asyncio.AbstractEventLoop, operation: str = "acquire"
-    ) -> tuple[Partition[K, T], Entry[K, T]]:
-        """The slow path of an acquire: new loop, miss, or closed pool."""
-        part, found = self._begin(key, loop, operation)
-        if isinstance(found, Entry):
-            return part, found
-        # A waiter is counted as a holder the moment the factory returns: if
-        # clear retires the entry before the waiter resumes, the waiter keeps
-        # the object like any other holder of a cleared entry.
-        if found.done and found.entry is not None:
-            return part, found.entry
-        return part, await self._wait(part, found)
-
-    def _create(self, part: Partition[K, T], creation: Creation[K, T]) -> None:
-        """Call the factory; an awaitable result finishes in a pool task."""
-        try:
-            result = self._factory(creation.key)
-        except BaseException as exc:
-            self._settle(part, creation, error=exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        if is_awaitable(result):
-            self._track(
-                part, spawn(part.loop, self._finish_creation(part, creation, result))
-            )
-        else:
-            self._settle(part, creation, result)
-
-    async def _finish_creation(
-        self, part: Partition[K, T], creation: Creation[K, T], awaitable: Awaitable[T]
-    ) -> None:
-        try:
-            resource = await awaitable
-        except BaseException as exc:
-            self._settle(part, creation, error=exc)
-            if not isinstance(exc, Exception):
-                raise
-            if creation.waiters == 0:
-                self._report(exc, "create", creation.key)
-            return
-        action = self._settle(part, creation, resource)
-        if action and creation.entry is not None:
-            await gather_raising(self._carry_out(part, creation.entry, action))
-
-    def _settle(
+    async def _wait_for(
         self,
         part: Partition[K, T],
         creation: Creation[K, T],
-        resource: Any = None,
-        error: BaseException | None = None,
-    ) -> int:
-        """Record the factory's outcome and wake every waiter up."""
-        ledger = part.ledger
-        action = 0
-        if error is not None:
-            if sys.version_info >= (3, 11):
-                error.add_note(f"ttlpool: factory for key {creation.key!r} failed")
-            ledger.failed(creation, error)
-        else:
-            action = ledger.created(creation, resource, self._now())[1]
-        for waiter in creation.listeners:
-            wake(waiter)
-        return action
+        key: K,
+        loop: asyncio.AbstractEventLoop,
+        operation: str,
+    ) -> tuple[Partition[K, T], Entry[K, T]]:
+        """Wait for a creation; if it was lost with another loop (shared
+        entries), start over."""
+        while True:
+            entry = await part.wait(creation)
+            if entry is not None:
+                return part, entry
+            part, found = self._begin(key, loop, operation, None)
+            if isinstance(found, Entry):
+                return part, found
+            creation = found
 
-    async def _wait(
-        self, part: Partition[K, T], creation: Creation[K, T]
-    ) -> Entry[K, T]:
-        """Wait for a creation; a cancelled waiter leaves no reference behind."""
-        ledger = part.ledger
-        if not creation.done:
-            waiter = asyncio.get_running_loop().create_future()
-            if ledger.listen(creation, waiter):
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    counted = ledger.withdraw(creation)
-                    if counted is not None:
-                        self._release_soon(part, counted)
-                    raise
-        if creation.error is not None:
-            raise creation.error
-        assert creation.entry is not None
-        return creation.entry
-
-    def _partition(
+    def _partition_for(
         self, loop: asyncio.AbstractEventLoop, key: K, operation: str
     ) -> Partition[K, T]:
-        part = self._parts.get(loop)
-        if part is None or self._closed:
-            with self._lock:
-                if self._closed:
-                    raise PoolClosedError(f"{operation}({key!r}): the pool is closed")
-                part = self._parts.get(loop)
-                if part is None:
-                    ledger: Ledger[K, T] = self._shared or Ledger(
-                        self._ttl, self._max_idle
-                    )
-                    part = self._parts[loop] = Partition(loop, ledger, self._now)
-            self._sweep(loop)
+        """The partition of ``loop`` for an acquire; raises once closed."""
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError(f"{operation}({key!r}): the pool is closed")
+            part = self._partitions.get(loop)
+            if part is None:
+                part = self._new_partition(loop)
+        if len(self._partitions) > 1:
+            self._sweep(part)
         return part
 
-    # -- releasing and finalizing --------------------------------------------
+    def _home(self, loop: asyncio.AbstractEventLoop) -> Partition[K, T]:
+        """The partition of ``loop``, made even when the pool is closed (it
+        takes over what closed loops left)."""
+        part = self._partitions.get(loop)
+        if part is None:
+            with self._lock:
+                part = self._partitions.get(loop) or self._new_partition(loop)
+        return part
 
-    def _release_soon(self, part: Partition[K, T], entry: Entry[K, T]) -> None:
-        """Release from a cancelled task: finalizers run in pool tasks."""
-        action = part.ledger.release(entry, self._now())
-        if action:
-            self._run_later(part, self._carry_out(part, entry, action))
+    def _new_partition(self, loop: asyncio.AbstractEventLoop) -> Partition[K, T]:
+        ledger: Ledger[K, T] = self._shared or Ledger(self._ttl, self._max_idle)
+        part = self._partitions[loop] = Partition(
+            loop, ledger, self._settings, self._lock
+        )
+        return part
 
-    def _carry_out(
-        self, part: Partition[K, T], entry: Entry[K, T], action: int
-    ) -> list[Finalizing]:
-        """Do what a release decided (arm the timer, finalize now); return
-        the finalizer awaits still to do."""
-        if action & ARM:
-            self._arm(part)
-        doomed = [entry] if action & FINALIZE else []
-        if action & EVICTED:
-            doomed += part.ledger.take_victims()
-        return self._start_finalizers(part, doomed)
+    # -- work that crosses loops -----------------------------------------------
 
-    def _start_finalizers(
-        self,
-        part: Partition[K, T] | None,
-        entries: Iterable[Entry[K, T]],
-        ledger: Ledger[K, T] | None = None,
-    ) -> list[Finalizing]:
-        """Call the finalizer of each entry; return the awaits still to do.
+    def _release_from_anywhere(self, part: Partition[K, T], entry: Entry[K, T]) -> None:
+        """Release a lease whose coroutine is being closed, maybe by the
+        garbage collector on any thread: nothing here may await or take the
+        pool's lock. The release goes to the partition's loop; a loop that
+        closed drops it, and whoever adopts the partition evicts the entry."""
+        if part.mailbox.owner is not Owner.LIVE:
+            return
+        if asyncio._get_running_loop() is part.loop:
+            part.release_soon(entry)
+        else:
+            call_soon_threadsafe(part.loop, self._release_posted, part, entry)
 
-        Counts go to ``ledger`` (``part``'s by default). Every finalizer is
-        called even if one raises a ``BaseException``, which is re-raised
-        after the last call.
-        """
-        pending: list[Finalizing] = []
+    @staticmethod
+    def _release_posted(part: Partition[Any, Any], entry: Entry[Any, Any]) -> None:
+        if part.mailbox.owner is Owner.LIVE:
+            part.release_soon(entry)
+
+    def _sweep(self, here: Partition[K, T]) -> bool:
+        """Adopt every partition whose loop closed into ``here`` (on its
+        running loop) and start finalizing what they left. Returns whether
+        there was any."""
+        with self._lock:
+            dead = [
+                part
+                for part in list(self._partitions.values())
+                if part is not here and part.mailbox.route(here.loop) is Route.ADOPT
+            ]
+        if dead:
+            self._adopt(here, dead)
+        return bool(dead)
+
+    def _adopt(
+        self, here: Partition[K, T], dead: list[Partition[K, T]]
+    ) -> list[asyncio.Task[None]]:
+        """``here`` takes over partitions routed ``ADOPT`` to this caller;
+        returns the finalization jobs started. Unanswered requests to them
+        are answered (there was nothing left for their owner to do)."""
+        tasks: list[asyncio.Task[None]] = []
         interrupt: BaseException | None = None
-        if ledger is None:
-            assert part is not None
-            ledger = part.ledger
-        finalizer = self._finalizer
-        for entry in entries:
-            if finalizer is None:
-                ledger.finalized(entry, True)
-                continue
+        for part in dead:
+            with self._lock:
+                requests = part.mailbox.take_requests()
+                if self._partitions.get(part.loop) is part:
+                    del self._partitions[part.loop]
+                if part.ledger is not self._shared:
+                    for name, attr in _TOTALS.items():
+                        self._retired[name] += getattr(part.ledger, attr)
             try:
-                result = finalizer(entry.resource)
-            except Exception as exc:
-                self._report(exc, "finalize", entry.key)
-                ledger.finalized(entry, False)
-            except BaseException as exc:
-                ledger.finalized(entry, True)
+                tasks += here.adopt(part)
+            except BaseException as exc:  # a sync finalizer's: after the rest
                 interrupt = interrupt or exc
-            else:
-                if is_awaitable(result):
-                    pending.append(Finalizing(self, ledger, entry, result))
-                else:
-                    ledger.finalized(entry, True)
+            for request in requests:
+                request.answer(False)
         if interrupt is not None:
-            self._run_later(part, pending)
             raise interrupt
-        return pending
-
-    async def _expire_in(self, part: Partition[K, T], key: K) -> None:
-        entry = part.ledger.expire(key)
-        if entry is not None:
-            await gather_raising(self._start_finalizers(part, [entry]))
-
-    # -- the timer -----------------------------------------------------------
-
-    def _arm(self, part: Partition[K, T]) -> None:
-        deadline = part.ledger.timer_deadline
-        if deadline is not None:
-            callback = functools.partial(self._on_timer, part)
-            part.timer = self._clock.call_at(part.loop, deadline, callback)
-
-    def _on_timer(self, part: Partition[K, T]) -> list[asyncio.Task[Any]] | None:
-        """Finalize one slice of expired entries, then re-arm."""
-        part.timer = None
-        if part.ledger is not self._shared and self._parts.get(part.loop) is not part:
-            return None  # retired by clear, aclose or a sweep meanwhile
-        expired, _ = part.ledger.timer_fired(self._now(), REAP_SLICE)
-        self._arm(part)
-        return self._run_later(part, self._start_finalizers(part, expired)) or None
-
-    def _cancel_timer(self, part: Partition[K, T]) -> None:
-        timer, part.timer = part.timer, None
-        if timer is not None:
-            timer.cancel()
-
-    # -- tasks, loops and partitions -----------------------------------------
-
-    def _run_later(
-        self, part: Partition[K, T] | None, pending: list[Finalizing]
-    ) -> list[asyncio.Task[Any]]:
-        """Finish each finalizer in a pool task on the running loop, tracked
-        by ``part`` when that is its loop (so clear waits for it)."""
-        loop = asyncio.get_running_loop()
-        home = part if part is not None and part.loop is loop else self._parts.get(loop)
-        tasks: list[asyncio.Task[Any]] = []
-        for finalizing in pending:
-            task = spawn(loop, finalizing.run())
-            task.add_done_callback(finalizing.abandon)
-            if home is not None:
-                self._track(home, task)
-            elif not task.done():
-                self._strays.add(task)
-                task.add_done_callback(self._strays.discard)
-            tasks.append(task)
         return tasks
 
-    def _track(
-        self, part: Partition[K, T], task: asyncio.Task[Any]
-    ) -> asyncio.Task[Any]:
-        """Keep a pool task until it ends, so clear can wait for it."""
-        if not task.done():
-            part.tasks.add(task)
-            task.add_done_callback(functools.partial(self._task_done, part))
-        else:
-            self._task_done(part, task)
-        return task
-
-    def _task_done(self, part: Partition[K, T], task: asyncio.Task[Any]) -> None:
-        part.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._report(task.exception(), "pool task", None)  # type: ignore[arg-type]
-
-    def _report(self, exc: BaseException, operation: str, key: object) -> None:
-        """Log, count and hand to ``on_error`` an error the pool caught."""
-        self._errors += 1
-        log.error("ttlpool: %s of key %r failed", operation, key, exc_info=exc)
-        if self._on_error is not None:
-            try:
-                self._on_error(exc, operation, key)
-            except Exception:
-                log.exception(
-                    "ttlpool: on_error hook failed for %s of key %r", operation, key
-                )
-
-    def _all_partitions(self) -> list[Partition[K, T]]:
-        with self._lock:
-            return [*self._parts.values(), *self._closing]
-
-    def _ledgers(self) -> list[tuple[Ledger[K, T], bool]]:
-        """Each ledger once, with whether its timer can still fire."""
-        parts = [*self._parts.values(), *self._closing]
-        if self._shared is not None:
-            # Shared idle deadlines are pending only while the loop that
-            # holds the one armed timer can still fire it.
-            ledger = self._shared
-            armed = ledger.timer_deadline is None or any(
-                p.timer is not None and not p.loop.is_closed() for p in parts
-            )
-            return [(ledger, armed)]
-        return [(part.ledger, not part.loop.is_closed()) for part in parts]
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Retire the partitions of closed loops, finishing their work here.
-
-        Per loop, what a closed loop left is finalized on ``loop``'s
-        partition. Shared, the ledger lives on: a timer armed on the closed
-        loop is re-armed here, and creations that loop was running fail.
-        Without a partition on ``loop`` nothing moves: ``clear`` finalizes
-        dead partitions itself.
-        """
-        here = self._parts.get(loop)
-        if here is None:
-            return
-        with self._lock:
-            # A partition whose entries another loop's clear or expire is
-            # still finalizing is retired by a later sweep, once that is
-            # done: its ledger counts those finalizations until then.
-            dead = [
-                p
-                for p in self._parts.values()
-                if p.loop.is_closed()
-                and (p.ledger is self._shared or not p.ledger.finalizing)
-            ]
-            orphaned: dict[Partition[K, T], list[Entry[K, T]]] = {}
-            for part in dead:
-                del self._parts[part.loop]
-                if part.ledger is not self._shared:
-                    # Under the lock: a clear on another thread may be
-                    # about to abandon the same dead ledger.
-                    self._retire(part)
-                    orphaned[part] = part.ledger.abandon()
-        if self._unfinalized:
-            self._run_later(here, self._take_unfinalized())
-        for part in dead:
-            if part.ledger is self._shared:
-                self._retire_shared(part, here)
-                continue
-            orphans = orphaned[part]
-            if orphans:
-                log.debug(
-                    "ttlpool: finalizing %d entries left by a closed loop",
-                    len(orphans),
-                )
-                here.ledger.adopt(orphans)
-                self._run_later(here, self._start_finalizers(here, orphans))
-
-    def _requeue(self, ledger: Ledger[K, T], entry: Entry[K, T]) -> None:
-        """An entry whose finalizer never started: finalize it again later."""
-        with self._lock:
-            self._unfinalized.append((ledger, entry))
-
-    def _take_unfinalized(self) -> list[Finalizing]:
-        """Call again the finalizers that never started; the awaits to do."""
-        with self._lock:
-            requeued, self._unfinalized = self._unfinalized, []
-        pending: list[Finalizing] = []
-        for ledger, entry in requeued:
-            pending += self._start_finalizers(None, [entry], ledger)
-        return pending
-
-    def _retire(self, part: Partition[K, T]) -> None:
-        """Keep the running totals of a per-loop ledger that goes away.
-
-        Called with ``_lock`` held, once its ledger has nothing finalizing.
-        """
-        if part.ledger is not self._shared:
-            for name, attr in _TOTALS.items():
-                self._retired[name] += getattr(part.ledger, attr)
-
-    def _retire_shared(self, dead: Partition[K, T], here: Partition[K, T]) -> None:
-        ledger = dead.ledger
-        gone = RuntimeError("acquire: the event loop running the factory closed")
-        for creation in ledger.fail_creations(dead, gone):
-            for waiter in creation.listeners:
-                wake(waiter)
-        if dead.timer is not None:
-            dead.timer = None
-            if ledger.timer_lost(self._now()) is not None:
-                self._arm(here)
-
-    async def _on_loop(
-        self, part: Partition[K, T], work: Callable[[], Coroutine[Any, Any, R]]
-    ) -> R:
-        """Run ``work()`` on ``part``'s loop while it runs, else right here."""
-        target = part.loop
-        if part.is_here():
-            return await work()
-        handover: concurrent.futures.Future[R] = concurrent.futures.Future()
-        begun: list[Coroutine[Any, Any, R]] = []
-
-        def start() -> None:
-            if handover.set_running_or_notify_cancel():
-                try:
-                    coro = work()
-                except BaseException as exc:  # a sync finalizer raised it
-                    handover.set_exception(exc)
-                    return
-                # Wrapped: if the task is cancelled or dropped before its
-                # first step, coro is left unstarted (see leftover).
-                wrapper = awaited(coro)
-                begun.extend((wrapper, coro))
-                task = target.create_task(wrapper)
-                task.add_done_callback(functools.partial(copy_outcome, handover))
-
-        try:
-            target.call_soon_threadsafe(start)
-        except RuntimeError:  # closed meanwhile
-            return await work()
-        result = asyncio.wrap_future(handover)
-        while True:
-            done, _ = await asyncio.wait({result}, timeout=_HANDOVER_POLL)
-            if done:
-                try:
-                    return result.result()
-                except asyncio.CancelledError:
-                    # Not our cancellation (that comes out of wait()): the
-                    # other loop cancelled the task as it shut down, as
-                    # asyncio.run does with every task left. Hand what is
-                    # left over again while it runs, else do it here.
-                    return await self._on_loop(part, leftover(work, begun))
-            if target.is_closed() or (part.is_here() and handover.cancel()):
-                result.cancel()
-                return await leftover(work, begun)()
-
-    def _clear_generation(
-        self, loop: asyncio.AbstractEventLoop, parts: list[Partition[K, T]]
-    ) -> asyncio.Task[None]:
-        """Evict every partition (this loop's right now, others' on their
-        own loop) and return the task that finishes their finalizers.
-
-        A ``BaseException`` from a sync finalizer is re-raised after every
-        partition here was evicted.
-        """
-        me = asyncio.current_task()
-        steps: list[Awaitable[Any]] = []
-        interrupt: BaseException | None = None
-        for part in parts:
-            if part.is_here():
-                try:
-                    steps.append(self._clear_partition(part))
-                except BaseException as exc:
-                    interrupt = interrupt or exc
-            else:
-                work = functools.partial(self._clear_partition, part)
-                steps.append(self._on_loop(part, work))
-        strays = {t for t in self._strays if t is not me and t.get_loop() is loop}
-        if strays:
-            steps.append(asyncio.wait(strays))
-        steps += self._take_unfinalized()
-        task = spawn(loop, gather_raising(steps))
-        if interrupt is not None:
-            self._strays.add(task)
-            task.add_done_callback(self._strays.discard)
-            raise interrupt
-        return task
-
-    def _clear_partition(self, part: Partition[K, T]) -> Coroutine[Any, Any, None]:
-        """Evict all of one partition now; return what finishes its clear.
-
-        On its own running loop, the rest waits for the partition's pool
-        tasks, so creations in flight finish (the next generation finalizes
-        them). A partition whose loop no longer runs can finish nothing: its
-        creations are dropped and its entries finalized on the caller's loop.
-        """
-        self._cancel_timer(part)
-        ledger = part.ledger
-        here = part.loop is asyncio.get_running_loop()
-        waits: set[asyncio.Task[Any]] = set()
-        if here or ledger is self._shared:
-            evicted = ledger.evict_all()
-            if here:
-                waits = part.tasks - {asyncio.current_task()}
-            else:  # its loop no longer runs: those tasks never end
-                part.tasks.clear()
-        else:
-            with self._lock:  # a sweep on another thread may retire it meanwhile
-                retired = (
-                    part not in self._closing and self._parts.get(part.loop) is not part
-                )
-                evicted = [] if retired else ledger.abandon()
-                ledger.adopt(evicted)
-            part.tasks.clear()
-        pending = self._start_finalizers(part, evicted)
-        return self._finish_clear(part, pending, waits)
-
-    async def _finish_clear(
+    def _send_all(
         self,
-        part: Partition[K, T],
-        pending: list[Finalizing],
-        waits: set[asyncio.Task[Any]],
-    ) -> None:
-        # Only this loop's tasks can be waited for (a hand-over that the
-        # other loop dropped is finished here: see leftover).
-        loop = asyncio.get_running_loop()
-        waits = {t for t in waits if t.get_loop() is loop}
-        try:
-            await gather_raising(pending)
-        finally:
-            if waits:
-                await asyncio.wait(waits)
-            with self._lock:
-                if (
-                    part in self._closing
-                    and not has_work(part)
-                    and not part.ledger.finalizing
-                ):
-                    self._closing.remove(part)
-                    self._retire(part)
+        here: Partition[K, T],
+        work: Callable[[Partition[K, T]], bool | Awaitable[bool]],
+        skip: Iterable[Partition[K, T]] = (),
+    ) -> tuple[
+        list[tuple[Partition[K, T], asyncio.Future[Answer]]],
+        list[Partition[K, T]],
+        list[Partition[K, T]],
+    ]:
+        """Send ``work`` to the owner of every other partition but ``skip``.
+
+        Returns the requests to wait for (their loops run), the partitions
+        whose loops are stopped (they carry the request out when they run
+        again: nobody waits for them), and the partitions this caller must
+        adopt (their loops closed).
+        """
+        loop = here.loop
+        asked: list[tuple[Partition[K, T], asyncio.Future[Answer]]] = []
+        left: list[Partition[K, T]] = []
+        adopted: list[Partition[K, T]] = []
+        skipped = set(skip)
+        with self._lock:
+            for part in list(self._partitions.values()):
+                if part is here or part in skipped:
+                    continue
+                reply: asyncio.Future[Answer] = loop.create_future()
+                route = part.mailbox.send(
+                    Request(functools.partial(work, part), reply), loop
+                )
+                if route is Route.ASK:
+                    asked.append((part, reply))
+                elif route is Route.LEAVE:
+                    left.append(part)
+                elif route is Route.ADOPT:
+                    adopted.append(part)
+        return asked, left, adopted
+
+    @staticmethod
+    def _expire_work(key: Any, part: Partition[Any, Any]) -> bool | Awaitable[bool]:
+        tasks = part.expire(key)
+        return _finished(tasks) if tasks else False
+
+    @staticmethod
+    def _clear_work(
+        skip: tuple[InsideOf, ...], part: Partition[Any, Any]
+    ) -> bool | Awaitable[bool]:
+        did, waits = part.clear(skip)
+        return _waited(waits) if waits else did
+
+    # -- clear ------------------------------------------------------------------
+
+    async def _clear(self, timeout: float | None, operation: str) -> None:
+        """``clear`` and ``aclose``: generations until nothing is left."""
+        loop = _get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        skip = INSIDE.get()
+        here = self._home(loop)
+        left: set[Partition[K, T]] = set()
+        interrupt: BaseException | None = None
+        while True:
+            try:
+                did = self._sweep(here)
+                work = functools.partial(self._clear_work, skip)
+                asked, stopped, adopted = self._send_all(here, work, left)
+                left.update(stopped)
+                if adopted:
+                    did = True
+                    self._adopt(here, adopted)
+                found, waits = here.clear(skip)
+            except BaseException as exc:  # a sync finalizer's: go on
+                interrupt = interrupt or exc
+                continue
+            did = did or found
+            try:
+                if waits:
+                    remaining = None if deadline is None else deadline - loop.time()
+                    done, pending = await asyncio.wait(waits, timeout=remaining)
+                    interrupt = interrupt or _raised(done)
+                    if pending:
+                        raise TimeoutError
+                for part, reply in asked:
+                    answer = await answer_of(part.mailbox, reply, deadline)
+                    if answer is None:
+                        did = True  # it stopped or closed: route it again
+                        continue
+                    did = did or answer[0]
+                    interrupt = interrupt or answer[1]
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{operation}: timed out after {timeout}s with keys still being "
+                    f"finalized or created: {self._keys_left()}"
+                ) from None
+            if not did:
+                break
+        if left:
+            self._report_left(operation, left)
+        if interrupt is not None:
+            raise interrupt
+
+    def _report_left(self, operation: str, left: Iterable[Partition[K, T]]) -> None:
+        stopped = [p for p in left if p.mailbox.owner is Owner.LIVE]
+        keys = sorted({repr(k) for p in stopped for k in _keys_of(p.ledger)})
+        if not keys:
+            return
+        level = logging.WARNING if operation == "aclose" else logging.INFO
+        log.log(
+            level,
+            "ttlpool: %s left the entries of %d event loop(s) that are stopped, not "
+            "closed, to those loops: they are finalized when each runs again "
+            "(keys %s); if a loop is closed first, call clear() or aclose() again "
+            "from a running loop to finalize its entries",
+            operation,
+            len(stopped),
+            ", ".join(keys),
+        )
+
+    def _keys_left(self) -> str:
+        with self._lock:
+            ledgers = self._ledgers()
+        keys = sorted({repr(k) for ledger in ledgers for k in _keys_of(ledger)})
+        return ", ".join(keys) or "(finalizer tasks)"
+
+    # -- the timer --------------------------------------------------------------
+
+    def _timer_fired(self, part: Partition[K, T]) -> list[asyncio.Task[None]]:
+        """A partition's timer went off (on the loop its clock called back
+        on: its own, or, with a shared ledger and a foreign clock, another)."""
+        part.timer = None
+        if part.mailbox.owner is not Owner.LIVE:
+            return []
+        loop = _get_running_loop()
+        here = part if part.loop is loop else self._home(loop)
+        if len(self._partitions) > 1:
+            self._sweep(here)
+        return here.reap()
+
+    # -- observation -----------------------------------------------------------
+
+    def _ledgers(self) -> list[Ledger[K, T]]:
+        """Each ledger once (called with ``_lock`` held)."""
+        if self._shared is not None:
+            return [self._shared]
+        return [part.ledger for part in self._partitions.values()]
+
+
+def _keys_of(ledger: Ledger[Any, Any]) -> list[object]:
+    """Every key a ledger holds, creates or finalizes (copies: any thread)."""
+    return [
+        *ledger.entries.copy(),
+        *ledger.creating.copy(),
+        *(entry.key for entry in ledger.finalizing.copy()),
+    ]
+
+
+async def _finished(tasks: list[asyncio.Task[None]]) -> bool:
+    await finish(tasks)
+    return True
+
+
+async def _waited(waits: list[asyncio.Task[Any]]) -> bool:
+    done, _ = await asyncio.wait(waits)
+    interrupt = _raised(done)
+    if interrupt is not None:
+        raise interrupt
+    return True
+
+
+def _raised(tasks: Iterable[asyncio.Task[Any]]) -> BaseException | None:
+    """The first ``BaseException`` a job ended with (jobs catch and report
+    every ``Exception`` themselves), marking each one retrieved."""
+    raised = None
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raised = raised or task.exception()
+    return raised
 
 
 _TOTALS = {
@@ -1020,6 +824,7 @@ _TOTALS = {
     "evicted": "evicted_total",
     "factory_errors": "factory_errors",
     "finalizer_errors": "finalizer_errors",
+    "abandoned": "abandoned_total",
 }
 _GAUGES = (
     "total_entries",

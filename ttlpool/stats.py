@@ -22,8 +22,13 @@ class PoolStats:
 
     Running totals since the pool was built: ``hits``, ``misses``, ``created``,
     ``finalized``, ``expired`` (by the idle TTL), ``evicted`` (by
-    ``max_idle``), ``factory_errors``, ``finalizer_errors`` and ``errors``
-    (every error the pool caught and reported, finalizers included).
+    ``max_idle``), ``factory_errors``, ``finalizer_errors``, ``errors``
+    (every error the pool caught and reported, finalizers included) and
+    ``abandoned`` (finalizers cut off because their event loop closed while
+    they ran: reported, never run twice, not counted in ``finalized``).
+
+    Every resource created is, at any moment, an entry, a finalization in
+    flight (in ``pending_cleanup``), finalized or abandoned.
     """
 
     total_entries: int = 0
@@ -40,3 +45,4 @@ class PoolStats:
     factory_errors: int = 0
     finalizer_errors: int = 0
     errors: int = 0
+    abandoned: int = 0

@@ -1,0 +1,519 @@
+"""One event loop's share of a pool: its ledger, its timer, its jobs.
+
+A :class:`Partition` is the unit that owns one loop's slot of a pool, the
+way a connection holder owns its connection: it calls the factory and the
+finalizer and awaits what they return, keeps the one idle timer of its loop
+armed for the ledger's next deadline, and tracks every task it starts (a
+*job*: a creation or a finalization) so that ``clear`` can wait for them.
+It knows nothing of other partitions, of the pool's partition map, or of
+how work reaches it from other threads (:mod:`ttlpool._handover` does).
+
+Who touches what. Everything here runs on the partition's own loop, in its
+thread, while the partition is LIVE; after its loop closed, only the one
+partition that adopted it (:meth:`Partition.adopt`, on the adopter's loop)
+touches it. ``jobs`` and ``timer`` follow that rule; ``ledger`` too, unless
+it is a :class:`~ttlpool._core.LockedLedger` shared by every loop, which
+locks itself. ``Settings`` is read-only after the pool is built.
+
+Jobs run in tasks: a creation in an ordinary task (a loop that shuts down
+may cut its factory off: nothing is cached then), a finalization in a
+:class:`~ttlpool._aio.FinishingTask` (once started, a finalizer runs to its
+end, and counts as finalized only then). From Python 3.12 both start
+eagerly, so a factory or finalizer that never suspends costs no loop trip.
+
+The context variable :data:`INSIDE` lists the jobs the current code runs
+inside of (a factory that calls ``clear``, a finalizer that acquires): a
+call made from inside a job never waits for that job, and an acquire that
+would wait for a creation it is inside of is a cycle, raised as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextvars import ContextVar
+from inspect import CORO_CREATED, getcoroutinestate
+from typing import Any, Generic, TypeVar, cast
+
+from ttlpool._aio import (
+    is_awaitable,
+    resolve,
+    resolve_threadsafe,
+    start_task,
+)
+from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
+from ttlpool._handover import Mailbox, Owner
+from ttlpool.clock import Clock, TimerHandle
+
+__all__ = ["INSIDE", "REAP_SLICE", "Partition", "Settings"]
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+log = logging.getLogger("ttlpool")
+
+#: Expired entries finalized per timer callback before yielding to the loop.
+REAP_SLICE = 128
+
+#: The jobs (creations and finalizations) the current code runs inside of.
+INSIDE: ContextVar[tuple[InsideOf, ...]] = ContextVar("ttlpool_inside", default=())
+
+#: ``on_error(exception, operation, key)``.
+ErrorHook = Callable[[BaseException, str, Any], None]
+
+
+class CreationLost(RuntimeError):
+    """The loop running a creation closed before it ended (shared entries):
+    its waiters on other loops start a new one."""
+
+
+class Settings:
+    """What every partition of one pool shares, fixed at construction."""
+
+    __slots__ = (
+        "clock",
+        "errors",
+        "errors_lock",
+        "factory",
+        "finalizer",
+        "on_error",
+        "timer_fired",
+    )
+
+    def __init__(
+        self,
+        factory: Callable[[Any], Any],
+        finalizer: Callable[[Any], object] | None,
+        on_error: ErrorHook | None,
+        clock: Clock,
+        timer_fired: Callable[[Partition[Any, Any]], list[asyncio.Task[None]]],
+    ) -> None:
+        self.factory = factory
+        self.finalizer = finalizer
+        self.on_error = on_error
+        self.clock = clock
+        #: What a partition's timer calls (the pool picks the partition of
+        #: the loop the clock called back on, and reaps there).
+        self.timer_fired = timer_fired
+        #: Every error the pool caught, from any thread (under ``errors_lock``).
+        self.errors = 0
+        self.errors_lock = threading.Lock()
+
+    def report(
+        self, exc: BaseException, operation: str, key: object
+    ) -> BaseException | None:
+        """Log, count and hand to ``on_error`` an error the pool caught.
+
+        Returns a ``BaseException`` that ``on_error`` raised, for the caller
+        to re-raise once its own bookkeeping is done; an ``Exception`` from
+        the hook is logged and dropped.
+        """
+        with self.errors_lock:
+            self.errors += 1
+        log.error("ttlpool: %s of key %r failed", operation, key, exc_info=exc)
+        if self.on_error is None:
+            return None
+        try:
+            self.on_error(exc, operation, key)
+        except Exception:
+            log.exception(
+                "ttlpool: on_error hook failed for %s of key %r", operation, key
+            )
+        except BaseException as interrupt:
+            return interrupt
+        return None
+
+
+class CreationJob:
+    """A factory's awaitable, awaited in a task of the partition."""
+
+    __slots__ = ("awaitable", "creation", "task")
+
+    def __init__(self, creation: Creation[Any, Any], awaitable: Awaitable[Any]) -> None:
+        self.creation = creation
+        self.awaitable = awaitable
+        self.task: asyncio.Task[None] | None = None
+
+
+class Finalization:
+    """A finalizer's awaitable, awaited in a finishing task of the partition."""
+
+    __slots__ = ("awaitable", "entry", "task")
+
+    def __init__(self, entry: Entry[Any, Any]) -> None:
+        self.entry = entry
+        self.awaitable: Awaitable[object] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+Job = CreationJob | Finalization
+#: What code can run inside of: a creation (its factory) or a finalization.
+InsideOf = Creation[Any, Any] | Finalization
+
+
+def _inside_of(job: Job) -> InsideOf:
+    """What code running in ``job`` is inside of (see :data:`INSIDE`)."""
+    return job.creation if isinstance(job, CreationJob) else job
+
+
+def _never_started(task: asyncio.Task[Any]) -> bool:
+    coro = cast("Coroutine[Any, Any, Any]", task.get_coro())
+    return getcoroutinestate(coro) == CORO_CREATED
+
+
+def _forget_task(task: asyncio.Task[Any]) -> None:
+    """A task of a closed loop that will never end: close its coroutine if it
+    never started, and keep asyncio from logging its destruction (the pool
+    reports what it cut off itself)."""
+    if _never_started(task):
+        cast("Coroutine[Any, Any, Any]", task.get_coro()).close()
+    setattr(task, "_log_destroy_pending", False)  # noqa: B010 (no public way)
+
+
+class Partition(Generic[K, T]):
+    """One event loop's ledger, idle timer and jobs."""
+
+    __slots__ = (
+        "jobs",
+        "ledger",
+        "loop",
+        "mailbox",
+        "now",
+        "settings",
+        "thread",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ledger: Ledger[K, T],
+        settings: Settings,
+        lock: Any,
+    ) -> None:
+        self.loop = loop
+        self.ledger = ledger
+        self.settings = settings
+        self.now = settings.clock.now
+        self.mailbox = Mailbox(loop, lock)
+        self.jobs: set[Job] = set()
+        self.timer: TimerHandle | None = None
+        #: The thread that made the partition (its loop's, then): for repr.
+        self.thread = threading.current_thread().name
+
+    def __repr__(self) -> str:
+        return (
+            f"<Partition {self.mailbox.owner.value} of {self.thread!r} "
+            f"entries={len(self.ledger.entries)} jobs={len(self.jobs)}>"
+        )
+
+    # -- creation --------------------------------------------------------------
+
+    def create(self, creation: Creation[K, T]) -> None:
+        """Call the factory for ``creation``; an awaitable result is awaited
+        in a job. A ``BaseException`` from a sync factory fails the
+        creation's waiters and is re-raised."""
+        token = INSIDE.set((*INSIDE.get(), creation))
+        try:
+            result = self.settings.factory(creation.key)
+            context = contextvars.copy_context() if is_awaitable(result) else None
+        except BaseException as exc:
+            self.settle(creation, error=exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            INSIDE.reset(token)
+        if context is None:
+            self.settle(creation, result)
+            return
+        job = CreationJob(creation, result)
+        self.jobs.add(job)
+        job.task = start_task(self.loop, self._run_creation(job), context=context)
+
+    async def _run_creation(self, job: CreationJob) -> None:
+        creation = job.creation
+        try:
+            resource = await job.awaitable
+        except GeneratorExit:
+            raise  # collected with its closed loop: the adopter settled it
+        except BaseException as exc:
+            self.jobs.discard(job)
+            self.settle(creation, error=exc)
+            if not isinstance(exc, Exception):
+                raise
+            if creation.waiters == 0:  # nobody else hears of it
+                interrupt = self.settings.report(exc, "create", creation.key)
+                if interrupt is not None:
+                    raise interrupt from exc
+            return
+        self.jobs.discard(job)
+        action = self.settle(creation, resource)
+        if action and creation.entry is not None:
+            await finish(self.carry_out(creation.entry, action))
+
+    def settle(
+        self,
+        creation: Creation[K, T],
+        resource: Any = None,
+        error: BaseException | None = None,
+    ) -> int:
+        """Record the factory's outcome and wake every waiter up; return what
+        the ledger decided for an entry nobody waits for any more."""
+        action = 0
+        if error is not None:
+            if sys.version_info >= (3, 11):
+                error.add_note(f"ttlpool: factory for key {creation.key!r} failed")
+            self.ledger.failed(creation, error)
+        else:
+            action = self.ledger.created(creation, resource, self.now())[1]
+        for waiter in creation.listeners:
+            if waiter.get_loop() is self.loop:
+                resolve(waiter, None)
+            else:  # a shared ledger's waiter on another loop
+                resolve_threadsafe(waiter, None)
+        return action
+
+    async def wait(self, creation: Creation[K, T]) -> Entry[K, T] | None:
+        """Wait, as a counted waiter, for a creation this caller joined.
+
+        Returns the entry (holding this waiter's reference), or ``None`` when
+        the creation was lost with its loop and the caller must start over.
+        A cancelled waiter leaves no reference behind. Joining a creation
+        that the calling code runs inside of is a cycle: ``RuntimeError``.
+        """
+        ledger = self.ledger
+        inside = INSIDE.get()
+        if creation in inside:
+            ledger.withdraw(creation)
+            raise RuntimeError(_cycle_message(creation, inside))
+        if not creation.done:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if ledger.listen(creation, waiter):
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    counted = ledger.withdraw(creation)
+                    if counted is not None:  # it ended as we were cancelled
+                        self.release_soon(counted)
+                    raise
+        if isinstance(creation.error, CreationLost):
+            return None
+        if creation.error is not None:
+            raise creation.error
+        return creation.entry
+
+    # -- release and finalization ------------------------------------------------
+
+    def release_soon(self, entry: Entry[K, T]) -> None:
+        """Release one reference of ``entry`` without waiting for what the
+        release starts (a finalizer runs on in its job)."""
+        action = self.ledger.release(entry, self.now())
+        if action:
+            self.carry_out(entry, action)
+
+    def carry_out(self, entry: Entry[K, T], action: int) -> list[asyncio.Task[None]]:
+        """Do what a release decided: arm the timer, finalize the entry and
+        the entries ``max_idle`` evicted. Returns the finalization jobs."""
+        if action & ARM:
+            self.arm()
+        doomed = [entry] if action & FINALIZE else []
+        if action & EVICTED:
+            doomed += self.ledger.take_victims()
+        return self.finalize(doomed)
+
+    def finalize(self, entries: Iterable[Entry[K, T]]) -> list[asyncio.Task[None]]:
+        """Call the finalizer of each evicted entry; return the jobs that
+        await what the finalizers returned.
+
+        Every entry is finalized (or its finalizer reported as failed) even
+        if one finalizer or the ``on_error`` hook raises a ``BaseException``;
+        that is re-raised after the last one. A partition that a fork left
+        behind finalizes nothing: its resources are the parent's.
+        """
+        if self.mailbox.owner is Owner.FORKED:
+            return []
+        ledger, finalizer = self.ledger, self.settings.finalizer
+        tasks: list[asyncio.Task[None]] = []
+        interrupt: BaseException | None = None
+        for entry in entries:
+            if finalizer is None:
+                ledger.finalized(entry, True)
+                continue
+            job = Finalization(entry)
+            token = INSIDE.set((*INSIDE.get(), job))
+            try:
+                result = finalizer(entry.resource)
+                awaitable = result if is_awaitable(result) else None
+                context = None if awaitable is None else contextvars.copy_context()
+            except BaseException as exc:
+                ledger.finalized(entry, False)
+                interrupt = interrupt or self._failed(exc, entry.key)
+                continue
+            finally:
+                INSIDE.reset(token)
+            if awaitable is None:
+                ledger.finalized(entry, True)
+                continue
+            job.awaitable = awaitable
+            tasks.append(self._start_finalization(job, context))
+        if interrupt is not None:
+            raise interrupt
+        return tasks
+
+    def _failed(self, exc: BaseException, key: object) -> BaseException | None:
+        """Report a finalizer's ``Exception``; return the ``BaseException``
+        to re-raise (``exc`` itself, or one the ``on_error`` hook raised)."""
+        if isinstance(exc, Exception):
+            return self.settings.report(exc, "finalize", key)
+        return exc
+
+    def _start_finalization(
+        self, job: Finalization, context: contextvars.Context | None
+    ) -> asyncio.Task[None]:
+        self.jobs.add(job)
+        task = start_task(
+            self.loop, self._run_finalization(job), finishing=True, context=context
+        )
+        job.task = task
+        return task
+
+    async def _run_finalization(self, job: Finalization) -> None:
+        assert job.awaitable is not None
+        try:
+            await job.awaitable
+        except GeneratorExit:
+            raise  # collected with its closed loop: the adopter settled it
+        except BaseException as exc:
+            self.jobs.discard(job)
+            self.ledger.finalized(job.entry, False)
+            interrupt = self._failed(exc, job.entry.key)
+            if interrupt is exc:
+                raise
+            if interrupt is not None:
+                raise interrupt from exc
+        else:
+            self.jobs.discard(job)
+            self.ledger.finalized(job.entry, True)
+
+    # -- the idle timer ------------------------------------------------------------
+
+    def arm(self) -> None:
+        """Arm this loop's timer for the ledger's next deadline, if it has one."""
+        deadline = self.ledger.timer_deadline
+        if deadline is not None:
+            fired = functools.partial(self.settings.timer_fired, self)
+            self.timer = self.settings.clock.call_at(self.loop, deadline, fired)
+
+    def cancel_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def reap(self) -> list[asyncio.Task[None]]:
+        """Finalize one slice of expired entries, then re-arm (for the next
+        deadline, or at once when more have expired: the loop runs other
+        callbacks in between). Runs on this partition's loop."""
+        expired, _ = self.ledger.timer_fired(self.now(), REAP_SLICE)
+        self.arm()
+        return self.finalize(expired)
+
+    # -- work that clear, expire and adoption hand to the partition -----------------
+
+    def clear(self, skip: Iterable[InsideOf]) -> tuple[bool, list[asyncio.Task[Any]]]:
+        """Evict every entry now and start its finalizer; return whether
+        there was anything to do, and the jobs to wait for (every job of
+        this partition but those in ``skip``, which the caller is inside
+        of)."""
+        self.cancel_timer()
+        evicted = self.ledger.evict_all()
+        self.finalize(evicted)
+        skipped = set(skip)
+        waits = [
+            job.task
+            for job in list(self.jobs)
+            if _inside_of(job) not in skipped
+            and job.task is not None
+            and not job.task.done()
+        ]
+        return bool(evicted or waits), waits
+
+    def expire(self, key: K) -> list[asyncio.Task[None]]:
+        """Retire ``key``: finalize its idle entry now, or mark it."""
+        entry = self.ledger.expire(key)
+        return self.finalize([entry]) if entry is not None else []
+
+    def adopt(self, dead: Partition[K, T]) -> list[asyncio.Task[None]]:
+        """Take over what a partition whose loop closed left behind.
+
+        Runs on this partition's loop. The dead loop's jobs never run again:
+        a finalization that never started is started here, one that started
+        is reported as cut off (never run twice); a creation is dropped (or,
+        on a shared ledger, failed, so its waiters on live loops start a new
+        one). Per loop, the dead ledger's entries are finalized here; on a
+        shared ledger they stay, and its timer, if the dead loop held it, is
+        armed here instead.
+        """
+        now = self.now()
+        restart: list[Finalization] = []
+        for job in list(dead.jobs):
+            assert job.task is not None
+            started = not _never_started(job.task)
+            _forget_task(job.task)
+            if isinstance(job, Finalization):
+                if started:
+                    self.ledger.abandoned(job.entry)
+                    log.warning(
+                        "ttlpool: the finalizer of key %r was cut off: its event "
+                        "loop closed while it ran; it is not run again",
+                        job.entry.key,
+                    )
+                else:
+                    restart.append(job)
+            elif not started and asyncio.iscoroutine(job.awaitable):
+                job.awaitable.close()  # the factory's coroutine never ran
+        dead.jobs.clear()
+        if dead.ledger is self.ledger:
+            lost = CreationLost("the event loop running this creation closed")
+            for creation in self.ledger.fail_creations(dead, lost):
+                for waiter in creation.listeners:
+                    resolve_threadsafe(waiter, None)
+            if dead.timer is not None:
+                dead.timer = None
+                if self.ledger.timer_lost(now) is not None:
+                    self.arm()
+            evicted: list[Entry[K, T]] = []
+        else:
+            dead.cancel_timer()
+            evicted = dead.ledger.retire_into(self.ledger)
+        tasks = [self._start_finalization(job, None) for job in restart]
+        return tasks + self.finalize(evicted)
+
+
+def _cycle_message(creation: Creation[Any, Any], inside: tuple[InsideOf, ...]) -> str:
+    chain = [
+        job.key for job in inside[inside.index(creation) :] if isinstance(job, Creation)
+    ]
+    cycle = " -> ".join(repr(key) for key in [*chain, creation.key])
+    return (
+        f"acquire({creation.key!r}): the factory of key {creation.key!r} acquires "
+        f"that key itself (cycle: {cycle}); it would wait for itself forever"
+    )
+
+
+async def finish(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for finalization jobs, every one of them, even if the caller is
+    cancelled meanwhile (they refuse to be cancelled, so its
+    ``CancelledError`` comes once they ended); re-raise the first
+    ``BaseException`` one of them ended with."""
+    if len(tasks) == 1:
+        await tasks[0]
+    elif tasks:
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
