@@ -698,19 +698,8 @@ class ResourcePool(Generic[K, T]):
         left: set[Partition[K, T]] = set()
         interrupt: BaseException | None = None
         while True:
-            try:
-                did = self._sweep(here)
-                work = functools.partial(self._clear_work, skip)
-                asked, stopped, adopted = self._send_all(here, work, left)
-                left.update(stopped)
-                if adopted:
-                    did = True
-                    self._adopt(here, adopted)
-                found, waits = here.clear(skip)
-            except BaseException as exc:  # a sync finalizer's: go on
-                interrupt = interrupt or exc
-                continue
-            did = did or found
+            did, waits, asked, raised = self._clear_generation(here, skip, left)
+            interrupt = interrupt or raised
             try:
                 if waits:
                     remaining = None if deadline is None else deadline - loop.time()
@@ -736,6 +725,41 @@ class ResourcePool(Generic[K, T]):
             self._report_left(operation, left)
         if interrupt is not None:
             raise interrupt
+
+    def _clear_generation(
+        self,
+        here: Partition[K, T],
+        skip: tuple[InsideOf, ...],
+        left: set[Partition[K, T]],
+    ) -> tuple[
+        bool,
+        list[asyncio.Task[Any]],
+        list[tuple[Partition[K, T], asyncio.Future[Answer]]],
+        BaseException | None,
+    ]:
+        """What one generation of ``clear`` does before it waits.
+
+        Asks every running loop to clear its own partition, leaves a request
+        with every stopped one (added to ``left``, and not asked again),
+        adopts the partitions of closed loops, and clears ``here``. Returns
+        whether it found anything, the jobs here to wait for, the requests
+        to wait for, and a ``BaseException`` a sync finalizer raised (after
+        all of that was done).
+        """
+        work = functools.partial(self._clear_work, skip)
+        asked, stopped, adopted = self._send_all(here, work, left)
+        left.update(stopped)
+        interrupt: BaseException | None = None
+        try:
+            self._adopt(here, adopted)
+        except BaseException as exc:  # a sync finalizer's
+            interrupt = exc
+        try:
+            found, waits = here.clear(skip)
+        except BaseException as exc:  # a sync finalizer's
+            interrupt = interrupt or exc
+            found, waits = True, []
+        return bool(adopted) or found, waits, asked, interrupt
 
     def _report_left(self, operation: str, left: Iterable[Partition[K, T]]) -> None:
         stopped = [p for p in left if p.mailbox.owner is Owner.LIVE]
