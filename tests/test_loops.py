@@ -20,7 +20,6 @@ import gc
 import itertools
 import json
 import os
-import random
 import select
 import signal
 import threading
@@ -32,117 +31,18 @@ from typing import Any
 
 import pytest
 
-from ttlpool import PoolClosedError, ResourcePool
-
-#: Upper bound for any single wait in this module (generous: CI is slow).
-TIMEOUT = 20.0
-
-Loop = asyncio.AbstractEventLoop
-
-
-class Res:
-    """A pooled resource that knows where it was made."""
-
-    __slots__ = ("key", "loop", "serial", "thread")
-
-    def __init__(self, serial: int, key: object, loop: Loop) -> None:
-        self.serial = serial
-        self.key = key
-        self.loop = loop
-        self.thread = threading.get_ident()
-
-    def __repr__(self) -> str:
-        return f"<Res #{self.serial} {self.key!r}>"
-
-
-class Recorder:
-    """Factory and finalizer that record what they did, thread-safely.
-
-    ``finalized[serial]`` lists ``(loop, owner_was_running)`` for every
-    finalizer call: the loop it ran on, and whether the resource's own loop
-    was running at that moment (when it was not, the spec allows the
-    caller's loop to finalize it).
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.serials = itertools.count(1)
-        self.created: dict[int, Res] = {}
-        self.finalized: dict[int, list[tuple[Loop, bool]]] = {}
-        self.violations: list[str] = []
-
-    def make(self, key: object) -> Res:
-        loop = asyncio.get_running_loop()
-        with self.lock:
-            res = Res(next(self.serials), key, loop)
-            self.created[res.serial] = res
-        return res
-
-    async def factory(self, key: object) -> Res:
-        await asyncio.sleep(0)
-        return self.make(key)
-
-    def note_finalize(self, res: Res) -> None:
-        loop = asyncio.get_running_loop()
-        owner_running = res.loop.is_running() and not res.loop.is_closed()
-        with self.lock:
-            self.finalized.setdefault(res.serial, []).append((loop, owner_running))
-
-    async def finalizer(self, res: Res) -> None:
-        self.note_finalize(res)
-        await asyncio.sleep(0)
-
-    def handed_out(self, res: Res, *, per_loop: bool) -> None:
-        """Check a lease's resource: per loop, it must be this loop's."""
-        if per_loop and res.loop is not asyncio.get_running_loop():
-            with self.lock:
-                self.violations.append(f"{res!r} handed out on a foreign loop")
-
-    def loops_of(self, res: Res) -> list[Loop]:
-        with self.lock:
-            return [loop for loop, _ in self.finalized.get(res.serial, [])]
-
-    def assert_each_finalized_once(self) -> None:
-        with self.lock:
-            unknown = set(self.finalized) - set(self.created)
-            counts = {s: len(self.finalized.get(s, [])) for s in self.created}
-        assert not unknown, f"finalized objects the factory never made: {unknown}"
-        wrong = {s: n for s, n in counts.items() if n != 1}
-        assert not wrong, f"serial -> finalizer calls (must be 1 each): {wrong}"
-
-    def assert_same_loop(self, *, owner_may_be_gone: bool) -> None:
-        """Per-loop mode: finalized on the resource's own loop.
-
-        With ``owner_may_be_gone`` a resource may be finalized elsewhere,
-        but only while its own loop was not running (closed or shutting
-        down).
-        """
-        bad = []
-        with self.lock:
-            assert not self.violations, self.violations
-            for serial, calls in self.finalized.items():
-                res = self.created[serial]
-                for loop, owner_running in calls:
-                    if loop is res.loop:
-                        continue
-                    if not owner_may_be_gone or owner_running:
-                        bad.append((res, owner_running))
-        assert not bad, f"finalized on a foreign loop (owner running?): {bad}"
-
-
-def _assert_drained(pool: ResourcePool[Any, Any], rec: Recorder) -> None:
-    """Nothing left anywhere, and the running totals are exact."""
-    stats = pool.stats
-    assert len(pool) == 0
-    assert stats.total_entries == 0
-    assert stats.referenced_entries == 0
-    assert stats.idle_entries == 0
-    assert stats.creating == 0
-    assert stats.pending_cleanup == 0
-    assert pool.pending_cleanup == {}
-    assert stats.errors == 0, stats
-    assert stats.created == len(rec.created), stats
-    assert stats.finalized == stats.created, stats
+from tests import hammer
+from tests.hammer import (
+    LONG_TTL,
+    SMALL_TTL,
+    TIMEOUT,
+    Loop,
+    Recorder,
+    Res,
+    assert_drained,
+    new_pool,
+)
+from ttlpool import ResourcePool
 
 
 async def _until(predicate: Callable[[], bool], what: str) -> None:
@@ -269,164 +169,7 @@ def loop_threads() -> Iterator[Callable[[], LoopThread]]:
         raise errors[0]
 
 
-def _join_all(threads: list[threading.Thread]) -> None:
-    for thread in threads:
-        thread.join(TIMEOUT)
-    stuck = [t.name for t in threads if t.is_alive()]
-    assert not stuck, f"deadlock: threads still running after {TIMEOUT}s: {stuck}"
-
-
-# -- many threads hammering one pool ------------------------------------------
-
-N_THREADS = 4
-TASKS_PER_LOOP = 3
-OPS_PER_TASK = 60
-KEYS = ("a", "b", "c", "d", "e", 0, None)
-
-
-async def _hammer_task(
-    pool: ResourcePool[Any, Res],
-    rec: Recorder,
-    rng: random.Random,
-    *,
-    per_loop: bool,
-) -> None:
-    """A bounded random mix of leases, expire and clear on this loop."""
-    for step in range(OPS_PER_TASK):
-        roll = rng.random()
-        key = rng.choice(KEYS)
-        try:
-            await _hammer_step(pool, rec, rng, roll, key, per_loop=per_loop)
-        except PoolClosedError:
-            raise
-        except BaseException as exc:
-            # A cancellation nobody asked for would otherwise reach gather()
-            # without a traceback: say which operation it came out of.
-            loop = id(asyncio.get_running_loop())
-            raise AssertionError(
-                f"step {step} (roll {roll:.2f}, key {key!r}) on loop {loop:#x} "
-                f"raised {exc!r}"
-            ) from exc
-
-
-async def _hammer_step(
-    pool: ResourcePool[Any, Res],
-    rec: Recorder,
-    rng: random.Random,
-    roll: float,
-    key: object,
-    *,
-    per_loop: bool,
-) -> None:
-    if roll < 0.70:
-        async with pool.get(key) as res:
-            assert isinstance(res, Res) and res.key == key
-            rec.handed_out(res, per_loop=per_loop)
-            if rng.random() < 0.5:
-                await asyncio.sleep(0)
-            if rng.random() < 0.2:  # a nested lease of another key
-                other = rng.choice(KEYS)
-                async with pool.get(other) as inner:
-                    rec.handed_out(inner, per_loop=per_loop)
-                    await asyncio.sleep(0)
-    elif roll < 0.85:
-        await pool.expire(key)
-    elif roll < 0.88:
-        await pool.clear()
-    elif roll < 0.94:
-        await asyncio.sleep(rng.random() * 0.005)
-    else:
-        await asyncio.sleep(0)
-
-
-async def _hammer_loop(
-    pool: ResourcePool[Any, Res],
-    rec: Recorder,
-    seed: int,
-    *,
-    per_loop: bool,
-    tolerate_closed: bool,
-) -> None:
-    rng = random.Random(seed)
-    tasks = [
-        _hammer_task(pool, rec, random.Random(rng.random()), per_loop=per_loop)
-        for _ in range(TASKS_PER_LOOP)
-    ]
-    results = await asyncio.wait_for(
-        asyncio.gather(*tasks, return_exceptions=True), TIMEOUT
-    )
-    for result in results:
-        if isinstance(result, PoolClosedError) and tolerate_closed:
-            continue
-        if isinstance(result, BaseException):
-            raise result
-
-
-#: How the hammering threads end (see ``_run_hammer_threads``).
-TOGETHER, ACLOSE_WHILE_RUNNING, STAGGERED = "together", "aclose", "staggered"
-
-
-def _run_hammer_threads(
-    pool: ResourcePool[Any, Res],
-    rec: Recorder,
-    seed: int,
-    *,
-    per_loop: bool,
-    ending: str,
-) -> None:
-    """Hammer ``pool`` from ``N_THREADS`` threads, each in ``asyncio.run``.
-
-    ``ending``: TOGETHER, every loop keeps running until all are done with
-    their operations, then all close; ACLOSE_WHILE_RUNNING, the same, but
-    loop 0 calls ``aclose`` first, maybe while others are still busy;
-    STAGGERED, each loop closes as soon as its own operations are done,
-    while the others go on hammering.
-    """
-    errors: list[str] = []
-    errors_lock = threading.Lock()
-    done_with_ops = threading.Barrier(N_THREADS, timeout=TIMEOUT)
-
-    async def main(index: int) -> None:
-        await _hammer_loop(
-            pool,
-            rec,
-            seed * 1000 + index,
-            per_loop=per_loop,
-            tolerate_closed=ending == ACLOSE_WHILE_RUNNING,
-        )
-        if ending == STAGGERED:
-            return
-        if index == 0 and ending == ACLOSE_WHILE_RUNNING:
-            # aclose from this loop while every other loop still runs (some
-            # may still be mid-operation and will meet PoolClosedError).
-            await asyncio.wait_for(pool.aclose(), TIMEOUT)
-        # Keep this loop running, not blocked (hand-overs from other loops
-        # run here), until every thread got here.
-        loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.run_in_executor(None, done_with_ops.wait), TIMEOUT)
-
-    def target(index: int) -> None:
-        try:
-            asyncio.run(main(index))
-        except BaseException:
-            with errors_lock:
-                errors.append(traceback.format_exc())
-
-    threads = [
-        threading.Thread(
-            target=target, args=(i,), name=f"loops-hammer-{i}", daemon=True
-        )
-        for i in range(N_THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    _join_all(threads)
-    assert not errors, "\n".join(errors)
-    assert rec.created, "the hammer made nothing"
-
-
-def _new_pool(rec: Recorder, **options: Any) -> ResourcePool[Any, Res]:
-    return ResourcePool(rec.factory, finalizer=rec.finalizer, **options)
+# -- many threads hammering one pool (more seeds: python -m tests.stress) ------
 
 
 def _hammer_params(*ttls: float) -> pytest.MarkDecorator:
@@ -441,100 +184,37 @@ def _hammer_params(*ttls: float) -> pytest.MarkDecorator:
     )
 
 
-# Loops that close on their own use ttl 0 and a ttl that never runs out in
-# a test (their idle entries are left for the others or for the final
-# aclose). A small ttl there lets an idle deadline pass while asyncio.run
-# shuts a loop down: see test_idle_deadline_passing_as_asyncio_run_ends_*
-# (with it fixed, use SMALL_TTL there too).
-SMALL_TTL, LONG_TTL = 0.01, 30
-
-
-@_hammer_params(0, LONG_TTL)
+@_hammer_params(0, SMALL_TTL, LONG_TTL)
 def test_threads_hammer_then_a_fresh_loop_finalizes_what_closed_loops_left(
     seed: int, per_loop: bool, ttl: float
 ) -> None:
     """Threads hammer one pool, then their loops close; a loop that never
     used the pool clears, then closes it: every object finalized exactly
     once, counts exact, per loop each on its own loop while that ran."""
-    rec = Recorder()
-    pool = _new_pool(rec, ttl=ttl, per_loop=per_loop)
-    _run_hammer_threads(pool, rec, seed, per_loop=per_loop, ending=TOGETHER)
-    stats = pool.stats
-    assert stats.created == len(rec.created)
-    assert stats.referenced_entries == stats.creating == 0
-    # What the closed loops left idle is waiting to be finalized, and shows.
-    # (A key idle on several loops is one key of pending_cleanup.)
-    assert stats.pending_cleanup == stats.idle_entries
-    pending = pool.pending_cleanup
-    assert bool(pending) == bool(stats.idle_entries)
-    assert all(isinstance(deadline, float) for deadline in pending.values())
-
-    asyncio.run(asyncio.wait_for(pool.clear(), TIMEOUT))
-    rec.assert_each_finalized_once()
-    _assert_drained(pool, rec)
-    asyncio.run(asyncio.wait_for(pool.aclose(), TIMEOUT))
-    rec.assert_each_finalized_once()
-    _assert_drained(pool, rec)
-    if per_loop:
-        rec.assert_same_loop(owner_may_be_gone=True)
+    assert_no_problems(hammer.run_scenario(hammer.TOGETHER, seed, per_loop, ttl))
 
 
-@_hammer_params(0, SMALL_TTL)
+@_hammer_params(0, SMALL_TTL, LONG_TTL)
 def test_threads_hammer_while_one_loop_acloses_finalizes_each_once_on_its_loop(
     seed: int, per_loop: bool, ttl: float
 ) -> None:
     """One loop calls ``aclose`` while the others still run: every loop's
     entries are finalized exactly once, per loop on their own loop."""
-    rec = Recorder()
-    pool = _new_pool(rec, ttl=ttl, per_loop=per_loop)
-    _run_hammer_threads(pool, rec, seed, per_loop=per_loop, ending=ACLOSE_WHILE_RUNNING)
-
-    assert pool.closed
-    rec.assert_each_finalized_once()
-    _assert_drained(pool, rec)
-    if per_loop:
-        rec.assert_same_loop(owner_may_be_gone=False)
+    scenario = hammer.ACLOSE_WHILE_RUNNING
+    assert_no_problems(hammer.run_scenario(scenario, seed, per_loop, ttl))
 
 
-def _leave_while_others_hammer(seed: int, per_loop: bool, ttl: float) -> list[str]:
-    """Run the STAGGERED hammer and final aclose; return what went wrong.
-
-    Returns text, not exceptions, so that nothing of the run (pool, loops,
-    tasks) outlives it: the caller collects it right away.
-    """
-    problems = []
-    try:
-        rec = Recorder()
-        pool = _new_pool(rec, ttl=ttl, per_loop=per_loop)
-        _run_hammer_threads(pool, rec, seed, per_loop=per_loop, ending=STAGGERED)
-        stats = pool.stats
-        assert stats.created == len(rec.created), stats
-        assert stats.finalized + stats.total_entries == stats.created, stats
-
-        asyncio.run(asyncio.wait_for(pool.aclose(), TIMEOUT))
-        rec.assert_each_finalized_once()
-        _assert_drained(pool, rec)
-        if per_loop:
-            rec.assert_same_loop(owner_may_be_gone=True)
-    except Exception:
-        problems.append(traceback.format_exc())
-    return problems
-
-
-@_hammer_params(0, LONG_TTL)
+@_hammer_params(0, SMALL_TTL, LONG_TTL)
 def test_threads_leaving_while_others_hammer_then_aclose_finalizes_each_once(
     seed: int, per_loop: bool, ttl: float
 ) -> None:
     """Each loop closes as soon as its own work is done while the others
     go on (their next operations sweep what it left); then
     ``asyncio.run(pool.aclose())`` finalizes the rest, each exactly once."""
-    with warnings.catch_warnings(record=True) as caught:
-        # A finalizer lost with its loop shows as a coroutine never awaited,
-        # warned when it is collected: collect it here and report it.
-        warnings.simplefilter("always", RuntimeWarning)
-        problems = _leave_while_others_hammer(seed, per_loop, ttl)
-        gc.collect()
-    problems += [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert_no_problems(hammer.run_scenario(hammer.STAGGERED, seed, per_loop, ttl))
+
+
+def assert_no_problems(problems: list[str]) -> None:
     assert not problems, "\n".join(problems)
 
 
@@ -549,7 +229,7 @@ def test_asyncio_run_twice_finalizes_the_first_runs_idle_entries(
     its first operation, or by its ``aclose``; the second run works; stats
     never count the dead loop's timer as pending cleanup."""
     rec = Recorder()
-    pool = _new_pool(rec, ttl=30)  # like a module-level pool
+    pool = new_pool(rec, ttl=30)  # like a module-level pool
 
     async def lease(key: str) -> Res:
         async with pool.get(key) as res:
@@ -583,7 +263,7 @@ def test_asyncio_run_twice_finalizes_the_first_runs_idle_entries(
     asyncio.run(second_run())
     rec.assert_each_finalized_once()
     rec.assert_same_loop(owner_may_be_gone=True)
-    _assert_drained(pool, rec)
+    assert_drained(pool, rec)
 
 
 def test_asyncio_run_twice_with_shared_entries_reuses_them_and_keeps_reaping() -> None:
@@ -592,7 +272,7 @@ def test_asyncio_run_twice_with_shared_entries_reuses_them_and_keeps_reaping() -
     that was armed for it died with the first loop."""
     rec = Recorder()
     ttl = 0.5
-    pool = _new_pool(rec, ttl=ttl, per_loop=False)
+    pool = new_pool(rec, ttl=ttl, per_loop=False)
 
     async def lease(key: str) -> Res:
         async with pool.get(key) as res:
@@ -617,7 +297,7 @@ def test_shared_stats_count_an_idle_entry_whose_timer_died_with_its_loop() -> No
     """The loop that armed the timer closed: the idle entry still waits to be
     finalized and shows as pending; a live loop takes the timer over."""
     rec = Recorder()
-    pool = _new_pool(rec, ttl=30, per_loop=False)
+    pool = new_pool(rec, ttl=30, per_loop=False)
 
     async def lease() -> None:
         async with pool.get("k"):
@@ -648,7 +328,7 @@ async def test_clear_finalizes_each_loops_entries_on_that_loop_or_here_if_closed
     """``clear``/``aclose`` from this loop finalize a running loop's entries
     on that loop, and a closed loop's entries on this loop."""
     rec = Recorder()
-    pool = _new_pool(rec, ttl=30)
+    pool = new_pool(rec, ttl=30)
     here = asyncio.get_running_loop()
     running, closing = loop_threads(), loop_threads()
 
@@ -680,7 +360,7 @@ async def test_clear_finalizes_each_loops_entries_on_that_loop_or_here_if_closed
         assert rec.loops_of(again) == [running.loop]
     rec.assert_each_finalized_once()
     rec.assert_same_loop(owner_may_be_gone=True)
-    _assert_drained(pool, rec)
+    assert_drained(pool, rec)
 
 
 async def test_clear_from_a_loop_that_never_used_the_pool_finalizes_dead_loops(
@@ -689,7 +369,7 @@ async def test_clear_from_a_loop_that_never_used_the_pool_finalizes_dead_loops(
     """Two loops close with idle entries; ``clear`` from a loop that has no
     entries of its own finalizes both loops' entries there."""
     rec = Recorder()
-    pool = _new_pool(rec, ttl=30)
+    pool = new_pool(rec, ttl=30)
     here = asyncio.get_running_loop()
     threads = [loop_threads(), loop_threads()]
     left = [await lt.run(pool.acquire, "k") for lt in threads]
@@ -701,7 +381,7 @@ async def test_clear_from_a_loop_that_never_used_the_pool_finalizes_dead_loops(
 
     await asyncio.wait_for(pool.clear(), TIMEOUT)
     assert [rec.loops_of(res) for res in left] == [[here], [here]]
-    _assert_drained(pool, rec)
+    assert_drained(pool, rec)
     await pool.aclose()
 
 
@@ -713,7 +393,7 @@ async def test_expire_from_another_loop_retires_the_key_on_every_loop(
     is finalized on that loop before ``expire`` returns; its referenced
     entry is finalized there at its last release, unless re-acquired."""
     rec = Recorder()
-    pool = _new_pool(rec, ttl=30, per_loop=per_loop)
+    pool = new_pool(rec, ttl=30, per_loop=per_loop)
     here = asyncio.get_running_loop()
     b = loop_threads()
     assert b.loop is not None
@@ -764,7 +444,7 @@ async def test_expire_from_another_loop_retires_the_key_on_every_loop(
     rec.assert_each_finalized_once()
     if per_loop:
         rec.assert_same_loop(owner_may_be_gone=False)
-    _assert_drained(pool, rec)
+    assert_drained(pool, rec)
 
 
 # -- factories and finalizers that call back across loops ----------------------
@@ -828,7 +508,7 @@ async def test_factory_and_finalizer_call_back_into_the_pool_on_another_loop(
     rec.assert_each_finalized_once()
     if per_loop:
         rec.assert_same_loop(owner_may_be_gone=False)
-    _assert_drained(pool, rec)
+    assert_drained(pool, rec)
 
 
 # -- os.fork() ------------------------------------------------------------------
@@ -881,7 +561,7 @@ def _read_child(pid: int, read_fd: int) -> tuple[bytes, int]:
 )
 def test_forked_child_starts_with_an_empty_pool_and_never_finalizes_parents() -> None:
     rec = Recorder()
-    pool = _new_pool(rec, ttl=30)
+    pool = new_pool(rec, ttl=30)
     loop = asyncio.new_event_loop()
     try:
 
@@ -935,7 +615,7 @@ def test_shared_mode_first_miss_does_not_deadlock() -> None:
     """Regression: LockedLedger.lookup took the pool's non-reentrant lock
     and called hit(), which took it again."""
     rec = Recorder()
-    pool = _new_pool(rec, per_loop=False)
+    pool = new_pool(rec, per_loop=False)
     result: list[Res] = []
     thread = threading.Thread(
         target=lambda: result.append(asyncio.run(pool.acquire("k"))), daemon=True
@@ -954,7 +634,7 @@ async def test_stats_totals_survive_aclose(
     """Regression: aclose dropped the running totals of every partition it
     cleared (found by this module and by test_pool_clear)."""
     rec = Recorder()
-    pool = _new_pool(rec, ttl=30)
+    pool = new_pool(rec, ttl=30)
     b = loop_threads()
 
     async def lease(key: str) -> Res:
@@ -1052,7 +732,7 @@ async def test_finalizing_a_closed_loops_entries_is_counted_though_swept(
     await c.run(pool.release, "j")
     await asyncio.wait_for(pool.clear(), TIMEOUT)
     rec.assert_each_finalized_once()
-    _assert_drained(pool, rec)
+    assert_drained(pool, rec)
     assert while_running == (1, {"k": None})
     await pool.aclose()
 
@@ -1161,7 +841,7 @@ class _SignallingLoop(asyncio.SelectorEventLoop):
 
 def test_clear_handed_to_a_loop_that_stops_before_running_it_still_finalizes() -> None:
     rec = Recorder()
-    pool = _new_pool(rec, ttl=30)
+    pool = new_pool(rec, ttl=30)
     loop_b = _SignallingLoop()
     proceed = threading.Event()
     errors: list[BaseException] = []

@@ -35,7 +35,7 @@ import functools
 import logging
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from inspect import CORO_CREATED, getcoroutinestate
 from typing import Any, Generic, TypeVar, cast
@@ -156,6 +156,14 @@ Job = CreationJob | Finalization
 InsideOf = Creation[Any, Any] | Finalization
 
 
+async def _watch_shutdown(part: Partition[Any, Any]) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        if part.mailbox.owner is Owner.LIVE:
+            await part.shutting_down()
+
+
 def _inside_of(job: Job) -> InsideOf:
     """What code running in ``job`` is inside of (see :data:`INSIDE`)."""
     return job.creation if isinstance(job, CreationJob) else job
@@ -179,6 +187,7 @@ class Partition(Generic[K, T]):
     """One event loop's ledger, idle timer and jobs."""
 
     __slots__ = (
+        "closing",
         "jobs",
         "ledger",
         "loop",
@@ -187,6 +196,7 @@ class Partition(Generic[K, T]):
         "settings",
         "thread",
         "timer",
+        "watcher",
     )
 
     def __init__(
@@ -203,6 +213,9 @@ class Partition(Generic[K, T]):
         self.mailbox = Mailbox(loop, lock)
         self.jobs: set[Job] = set()
         self.timer: TimerHandle | None = None
+        #: Its loop is shutting down: its timer starts no more finalizers.
+        self.closing = False
+        self.watcher: AsyncGenerator[None, None] | None = None
         #: The thread that made the partition (its loop's, then): for repr.
         self.thread = threading.current_thread().name
 
@@ -400,6 +413,37 @@ class Partition(Generic[K, T]):
         else:
             self.jobs.discard(job)
             self.ledger.finalized(job.entry, True)
+
+    # -- the loop's shutdown ----------------------------------------------------
+
+    def watch_shutdown(self) -> None:
+        """Have the running loop tell this partition when it shuts down.
+
+        Called on the partition's loop, while it runs. An async generator
+        is started and left at its ``yield``; ``loop.shutdown_asyncgens()``,
+        which ``asyncio.run`` (and every careful loop owner) calls after
+        cancelling the loop's tasks and before closing it, closes it, and its
+        ``finally`` block waits there for every job of this partition. So a
+        finalizer that an idle deadline starts while the loop shuts down
+        still runs to its end on its own loop.
+        """
+        if getattr(self.loop, "_asyncgens_shutdown_called", False):
+            return  # too late: the loop would warn, and shuts down now
+        watcher = _watch_shutdown(self)
+        try:
+            watcher.asend(None).__await__().send(None)
+        except StopIteration:  # it reached its yield
+            self.watcher = watcher
+
+    async def shutting_down(self) -> None:
+        """The loop shuts down: stop the timer, and wait for every job."""
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()  # kept: the adopter re-arms a shared timer
+        while pending := [
+            job.task for job in list(self.jobs) if job.task and not job.task.done()
+        ]:
+            await asyncio.wait(pending)
 
     # -- the idle timer ------------------------------------------------------------
 

@@ -572,10 +572,12 @@ class ResourcePool(Generic[K, T]):
         return part
 
     def _new_partition(self, loop: asyncio.AbstractEventLoop) -> Partition[K, T]:
+        """A partition for ``loop``, the running loop (``_lock`` held)."""
         ledger: Ledger[K, T] = self._shared or Ledger(self._ttl, self._max_idle)
         part = self._partitions[loop] = Partition(
             loop, ledger, self._settings, self._lock
         )
+        part.watch_shutdown()
         return part
 
     # -- work that crosses loops -----------------------------------------------
@@ -790,7 +792,7 @@ class ResourcePool(Generic[K, T]):
         """A partition's timer went off (on the loop its clock called back
         on: its own, or, with a shared ledger and a foreign clock, another)."""
         part.timer = None
-        if part.mailbox.owner is not Owner.LIVE:
+        if part.mailbox.owner is not Owner.LIVE or part.closing:
             return []
         loop = _get_running_loop()
         here = part if part.loop is loop else self._home(loop)
