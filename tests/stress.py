@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         for done, (seed, problems) in enumerate(
-            zip(seeds, pool.map(run_seed, seeds, chunksize=4)), 1
+            zip(seeds, pool.map(run_seed, seeds, chunksize=4), strict=True), 1
         ):
             if problems:
                 failed.append(seed)
