@@ -36,8 +36,13 @@ caller that waits (:func:`answer_of`) also looks at the owner again after
 was asked, and asyncio tells no one when it does. That look only decides
 whether to keep waiting; it never claims or runs anything.
 
-Who touches what: ``Mailbox.owner``, ``requests`` and ``posted`` are read
-and written only under ``lock`` (the pool's lock); ``loop`` never changes.
+A loop that shuts down (``Mailbox.closing``, set when ``asyncio.run``
+closes its async generators) claims no more requests: it could not finish
+them before it closes. They stay in the mailbox for the adopter.
+
+Who touches what: ``Mailbox.owner``, ``requests``, ``posted`` and
+``closing`` are written only under ``lock`` (the pool's lock); ``busy``
+only on the owner's loop; ``loop`` never changes.
 """
 
 from __future__ import annotations
@@ -107,8 +112,11 @@ class Request:
         if self.reply is not None:
             resolve_threadsafe(self.reply, (done, error))
 
-    def carry_out(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Run the work on ``loop`` (the owner's, running) and answer."""
+    def carry_out(
+        self, loop: asyncio.AbstractEventLoop, busy: set[asyncio.Task[None]]
+    ) -> None:
+        """Run the work on ``loop`` (the owner's, running) and answer; a
+        task that waits for the work's outcome is kept in ``busy``."""
         try:
             outcome = self.work()
         except BaseException as exc:  # the caller re-raises it
@@ -116,8 +124,11 @@ class Request:
             return
         if isinstance(outcome, bool):
             self.answer(outcome)
-        else:
-            start_task(loop, self._finish(outcome), finishing=True)
+            return
+        task = start_task(loop, self._finish(outcome), finishing=True)
+        if not task.done():
+            busy.add(task)
+            task.add_done_callback(busy.discard)
 
     async def _finish(self, outcome: Awaitable[bool]) -> None:
         try:
@@ -131,7 +142,7 @@ class Request:
 class Mailbox:
     """The owner of one partition and the requests waiting for it."""
 
-    __slots__ = ("lock", "loop", "owner", "posted", "requests")
+    __slots__ = ("busy", "closing", "lock", "loop", "owner", "posted", "requests")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, lock: Any) -> None:
         self.loop = loop
@@ -140,6 +151,11 @@ class Mailbox:
         self.requests: list[Request] = []
         #: A :meth:`deliver` callback is queued on ``loop``.
         self.posted = False
+        #: ``loop`` shuts down: it claims no more requests (whoever adopts
+        #: the partition once the loop closed does).
+        self.closing = False
+        #: Tasks of requests carried out, still waiting for their work.
+        self.busy: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<Mailbox {self.owner.value} requests={len(self.requests)}>"
@@ -187,11 +203,11 @@ class Mailbox:
         """Claim every waiting request, then carry each out (in order)."""
         with self.lock:
             self.posted = False
-            if self.owner is not Owner.LIVE:
-                return  # a forked child's copy of the loop: not its mail
+            if self.owner is not Owner.LIVE or self.closing:
+                return  # a forked child's copy of the loop, or shutting down
             requests = self.take_requests()
         for request in requests:
-            request.carry_out(self.loop)
+            request.carry_out(self.loop, self.busy)
 
 
 async def answer_of(

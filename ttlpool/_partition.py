@@ -187,7 +187,6 @@ class Partition(Generic[K, T]):
     """One event loop's ledger, idle timer and jobs."""
 
     __slots__ = (
-        "closing",
         "jobs",
         "ledger",
         "loop",
@@ -213,8 +212,6 @@ class Partition(Generic[K, T]):
         self.mailbox = Mailbox(loop, lock)
         self.jobs: set[Job] = set()
         self.timer: TimerHandle | None = None
-        #: Its loop is shutting down: its timer starts no more finalizers.
-        self.closing = False
         self.watcher: AsyncGenerator[None, None] | None = None
         #: The thread that made the partition (its loop's, then): for repr.
         self.thread = threading.current_thread().name
@@ -436,13 +433,18 @@ class Partition(Generic[K, T]):
             self.watcher = watcher
 
     async def shutting_down(self) -> None:
-        """The loop shuts down: stop the timer, and wait for every job."""
-        self.closing = True
+        """The loop shuts down: from now on it claims no request and its
+        timer starts nothing (what is left goes to whoever adopts the
+        partition once the loop closed); wait for every job and request in
+        flight to end."""
+        mailbox = self.mailbox
+        with mailbox.lock:
+            mailbox.closing = True
         if self.timer is not None:
             self.timer.cancel()  # kept: the adopter re-arms a shared timer
         while pending := [
             job.task for job in list(self.jobs) if job.task and not job.task.done()
-        ]:
+        ] + list(mailbox.busy):
             await asyncio.wait(pending)
 
     # -- the idle timer ------------------------------------------------------------

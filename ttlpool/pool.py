@@ -587,16 +587,16 @@ class ResourcePool(Generic[K, T]):
         garbage collector on any thread: nothing here may await or take the
         pool's lock. The release goes to the partition's loop; a loop that
         closed drops it, and whoever adopts the partition evicts the entry."""
-        if part.mailbox.owner is not Owner.LIVE:
-            return
         if asyncio._get_running_loop() is part.loop:
-            part.release_soon(entry)
+            self._release_posted(part, entry)
         else:
             call_soon_threadsafe(part.loop, self._release_posted, part, entry)
 
     @staticmethod
     def _release_posted(part: Partition[Any, Any], entry: Entry[Any, Any]) -> None:
-        if part.mailbox.owner is Owner.LIVE:
+        # A loop that shuts down finishes nothing new: the adopter evicts it.
+        mailbox = part.mailbox
+        if mailbox.owner is Owner.LIVE and not mailbox.closing:
             part.release_soon(entry)
 
     def _sweep(self, here: Partition[K, T]) -> bool:
@@ -792,7 +792,7 @@ class ResourcePool(Generic[K, T]):
         """A partition's timer went off (on the loop its clock called back
         on: its own, or, with a shared ledger and a foreign clock, another)."""
         part.timer = None
-        if part.mailbox.owner is not Owner.LIVE or part.closing:
+        if part.mailbox.owner is not Owner.LIVE or part.mailbox.closing:
             return []
         loop = _get_running_loop()
         here = part if part.loop is loop else self._home(loop)
