@@ -529,8 +529,8 @@ class Partition(Generic[K, T]):
             for creation in self.ledger.fail_creations(dead, lost):
                 for waiter in creation.listeners:
                     resolve_threadsafe(waiter, None)
-            if dead.timer is not None:
-                dead.timer = None
+            if dead.timer is not None:  # it held the shared timer
+                dead.cancel_timer()  # (a clock may run it on another loop)
                 if self.ledger.timer_lost(now) is not None:
                     self.arm()
             evicted: list[Entry[K, T]] = []

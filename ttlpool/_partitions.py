@@ -1,0 +1,512 @@
+"""Every partition of one pool, by event loop, and the routes between them.
+
+What lives here: the map from event loops to their partitions, how an
+operation reaches another loop's partition (through :mod:`ttlpool._handover`,
+whose guarantee this module relies on), the adoption of partitions whose
+loops closed, the generations of ``clear`` and the spread of ``expire``.
+What does not: decisions about counts and deadlines (:mod:`ttlpool._core`),
+what needs one loop (:mod:`ttlpool._partition`), and the public API
+(:mod:`ttlpool.pool`, which owns one :class:`Partitions`).
+
+Who touches what:
+
+- ``all`` (every partition not yet adopted, by loop), ``retired`` (the
+  running totals of adopted per-loop ledgers) and ``closed`` are written
+  only under ``lock``.
+- ``parts`` is ``all`` while the pool is open and an empty dict once it is
+  closed. It is replaced only under ``lock`` and read without it by the hot
+  path: one dict lookup, which no thread interleaves.
+- A partition's ledger, timer and jobs belong to its loop's thread, then to
+  the partition that adopted it; other threads read them only through
+  copies and counters (:meth:`Partitions.ledgers`).
+- After ``os.fork()`` the child calls :meth:`Partitions.forget`: the
+  parent's partitions are marked FORKED (they finalize nothing) and every
+  lock they could take is new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import Any, Generic, TypeVar
+
+from ttlpool._aio import call_soon_threadsafe
+from ttlpool._checks import unhashable
+from ttlpool._core import Creation, Entry, Ledger, LockedLedger
+from ttlpool._handover import Answer, Owner, Request, Route, answer_of
+from ttlpool._partition import (
+    INSIDE,
+    ErrorHook,
+    InsideOf,
+    Partition,
+    Settings,
+    finish,
+)
+from ttlpool.clock import Clock
+from ttlpool.errors import PoolClosedError
+
+__all__ = ["TOTALS", "Partitions"]
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+log = logging.getLogger("ttlpool")
+
+#: Every pool's partitions, for the fork hook at the end of this module.
+_EVERY: weakref.WeakSet[Partitions[Any, Any]] = weakref.WeakSet()
+
+
+class Partitions(Generic[K, T]):
+    """Every partition of one pool, by event loop (see the module doc)."""
+
+    __slots__ = (
+        "__weakref__",
+        "all",
+        "closed",
+        "lock",
+        "max_idle",
+        "parts",
+        "retired",
+        "settings",
+        "shared",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        *,
+        factory: Callable[[Any], Any],
+        finalizer: Callable[[Any], object] | None,
+        on_error: ErrorHook | None,
+        clock: Clock,
+        ttl: float,
+        max_idle: int | None,
+        per_loop: bool,
+    ) -> None:
+        self.ttl = ttl
+        self.max_idle = max_idle
+        self.settings = Settings(factory, finalizer, on_error, clock, self.timer_fired)
+        self.lock = threading.Lock()
+        self.closed = False
+        self.all: dict[asyncio.AbstractEventLoop, Partition[K, T]] = {}
+        self.parts = self.all
+        self.shared: LockedLedger[K, T] | None = (
+            None if per_loop else LockedLedger(ttl, max_idle, threading.Lock())
+        )
+        self.retired: dict[str, int] = dict.fromkeys(TOTALS, 0)
+        _EVERY.add(self)
+
+    def forget(self) -> None:
+        """Start empty, in a child after ``os.fork()``.
+
+        The parent's partitions are marked FORKED (their resources are the
+        parent's: they finalize nothing), and every lock they could take is
+        replaced: a thread of the parent may have held it at the fork, and
+        that thread does not exist here.
+        """
+        for part in self.all.values():
+            part.mailbox.owner = Owner.FORKED
+            part.mailbox.lock = threading.Lock()
+        settings = self.settings
+        self.settings = Settings(
+            settings.factory,
+            settings.finalizer,
+            settings.on_error,
+            settings.clock,
+            self.timer_fired,
+        )
+        settings.errors_lock = threading.Lock()
+        if self.shared is not None:
+            self.shared.lock = threading.Lock()
+            self.shared = LockedLedger(self.ttl, self.max_idle, threading.Lock())
+        self.lock = threading.Lock()
+        self.all = {}
+        self.parts = {} if self.closed else self.all
+        self.retired = dict.fromkeys(TOTALS, 0)
+
+    def close(self) -> None:
+        """Every later acquire raises: hits miss, and misses see ``closed``."""
+        with self.lock:
+            self.closed = True
+            self.parts = {}
+
+    # -- acquiring -----------------------------------------------------------
+
+    def begin(
+        self,
+        key: K,
+        loop: asyncio.AbstractEventLoop,
+        operation: str,
+        missed_in: Partition[K, T] | None,
+    ) -> tuple[Partition[K, T], Entry[K, T] | Creation[K, T]]:
+        """The synchronous start of a slow acquire (new loop, miss, closed
+        pool): a hit, or the creation to wait for, already settled when the
+        factory is sync. ``missed_in``: the partition whose ``hit`` missed."""
+        part = missed_in
+        if part is None or self.closed:
+            part = self.partition_for(loop, key, operation)
+        try:
+            found, started = part.ledger.lookup(key, part is missed_in)
+        except TypeError:
+            raise unhashable(operation, key) from None
+        if started:
+            assert isinstance(found, Creation)
+            found.owner = part
+            if len(self.all) > 1:
+                self.sweep(part)
+            part.create(found)
+        return part, found
+
+    async def wait_for(
+        self,
+        part: Partition[K, T],
+        creation: Creation[K, T],
+        key: K,
+        loop: asyncio.AbstractEventLoop,
+        operation: str,
+    ) -> tuple[Partition[K, T], Entry[K, T]]:
+        """Wait for a creation; if it was lost with another loop (shared
+        entries), start over."""
+        while True:
+            entry = await part.wait(creation)
+            if entry is not None:
+                return part, entry
+            part, found = self.begin(key, loop, operation, None)
+            if isinstance(found, Entry):
+                return part, found
+            creation = found
+
+    def partition_for(
+        self, loop: asyncio.AbstractEventLoop, key: K, operation: str
+    ) -> Partition[K, T]:
+        """The partition of ``loop`` for an acquire; raises once closed."""
+        with self.lock:
+            if self.closed:
+                raise PoolClosedError(f"{operation}({key!r}): the pool is closed")
+            part = self.all.get(loop)
+            if part is None:
+                part = self.new_partition(loop)
+        if len(self.all) > 1:
+            self.sweep(part)
+        return part
+
+    def home(self, loop: asyncio.AbstractEventLoop) -> Partition[K, T]:
+        """The partition of ``loop``, made even when the pool is closed (it
+        takes over what closed loops left)."""
+        part = self.all.get(loop)
+        if part is None:
+            with self.lock:
+                part = self.all.get(loop) or self.new_partition(loop)
+        return part
+
+    def new_partition(self, loop: asyncio.AbstractEventLoop) -> Partition[K, T]:
+        """A partition for ``loop``, the running loop (``_lock`` held)."""
+        ledger: Ledger[K, T] = self.shared or Ledger(self.ttl, self.max_idle)
+        part = self.all[loop] = Partition(loop, ledger, self.settings, self.lock)
+        part.watch_shutdown()
+        return part
+
+    # -- work that crosses loops -----------------------------------------------
+
+    async def expire(self, key: K) -> None:
+        """``ResourcePool.expire``: retire ``key`` in every loop's entries."""
+        loop = asyncio.get_running_loop()
+        here = self.home(loop)
+        self.sweep(here)
+        tasks = here.expire(key)
+        asked: list[tuple[Partition[K, T], asyncio.Future[Answer]]] = []
+        if self.shared is None:
+            work = functools.partial(self.expire_work, key)
+            asked, _, adopted = self.send_all(here, work)
+            tasks += self.adopt(here, adopted)
+        await finish(tasks)
+        for part, reply in asked:
+            answer = await answer_of(part.mailbox, reply, None)
+            if answer is not None and answer[1] is not None:
+                raise answer[1]
+
+    def release_from_anywhere(self, part: Partition[K, T], entry: Entry[K, T]) -> None:
+        """Release a lease whose coroutine is being closed, maybe by the
+        garbage collector on any thread: nothing here may await or take the
+        pool's lock. The release goes to the partition's loop; a loop that
+        closed drops it, and whoever adopts the partition evicts the entry."""
+        if asyncio._get_running_loop() is part.loop:
+            self.release_posted(part, entry)
+        else:
+            call_soon_threadsafe(part.loop, self.release_posted, part, entry)
+
+    @staticmethod
+    def release_posted(part: Partition[Any, Any], entry: Entry[Any, Any]) -> None:
+        # A loop that shuts down finishes nothing new: the adopter evicts it.
+        mailbox = part.mailbox
+        if mailbox.owner is Owner.LIVE and not mailbox.closing:
+            part.release_soon(entry)
+
+    def sweep(self, here: Partition[K, T]) -> bool:
+        """Adopt every partition whose loop closed into ``here`` (on its
+        running loop) and start finalizing what they left. Returns whether
+        there was any."""
+        with self.lock:
+            dead = [
+                part
+                for part in list(self.all.values())
+                if part is not here and part.mailbox.route(here.loop) is Route.ADOPT
+            ]
+        if dead:
+            self.adopt(here, dead)
+        return bool(dead)
+
+    def adopt(
+        self, here: Partition[K, T], dead: list[Partition[K, T]]
+    ) -> list[asyncio.Task[None]]:
+        """``here`` takes over partitions routed ``ADOPT`` to this caller;
+        returns the finalization jobs started. Unanswered requests to them
+        are answered (there was nothing left for their owner to do)."""
+        tasks: list[asyncio.Task[None]] = []
+        interrupt: BaseException | None = None
+        for part in dead:
+            with self.lock:
+                requests = part.mailbox.take_requests()
+                if self.all.get(part.loop) is part:
+                    del self.all[part.loop]
+                if part.ledger is not self.shared:
+                    for name, attr in TOTALS.items():
+                        self.retired[name] += getattr(part.ledger, attr)
+            try:
+                tasks += here.adopt(part)
+            except BaseException as exc:  # a sync finalizer's: after the rest
+                interrupt = interrupt or exc
+            for request in requests:
+                request.answer(False)
+        if interrupt is not None:
+            raise interrupt
+        return tasks
+
+    def send_all(
+        self,
+        here: Partition[K, T],
+        work: Callable[[Partition[K, T]], bool | Awaitable[bool]],
+        skip: Iterable[Partition[K, T]] = (),
+    ) -> tuple[
+        list[tuple[Partition[K, T], asyncio.Future[Answer]]],
+        list[Partition[K, T]],
+        list[Partition[K, T]],
+    ]:
+        """Send ``work`` to the owner of every other partition but ``skip``.
+
+        Returns the requests to wait for (their loops run), the partitions
+        whose loops are stopped (they carry the request out when they run
+        again: nobody waits for them), and the partitions this caller must
+        adopt (their loops closed).
+        """
+        loop = here.loop
+        asked: list[tuple[Partition[K, T], asyncio.Future[Answer]]] = []
+        left: list[Partition[K, T]] = []
+        adopted: list[Partition[K, T]] = []
+        skipped = set(skip)
+        with self.lock:
+            for part in list(self.all.values()):
+                if part is here or part in skipped:
+                    continue
+                reply: asyncio.Future[Answer] = loop.create_future()
+                route = part.mailbox.send(
+                    Request(functools.partial(work, part), reply), loop
+                )
+                if route is Route.ASK:
+                    asked.append((part, reply))
+                elif route is Route.LEAVE:
+                    left.append(part)
+                elif route is Route.ADOPT:
+                    adopted.append(part)
+        return asked, left, adopted
+
+    @staticmethod
+    def expire_work(key: Any, part: Partition[Any, Any]) -> bool | Awaitable[bool]:
+        tasks = part.expire(key)
+        return _finished(tasks) if tasks else False
+
+    @staticmethod
+    def clear_work(
+        skip: tuple[InsideOf, ...], part: Partition[Any, Any]
+    ) -> bool | Awaitable[bool]:
+        did, waits = part.clear(skip)
+        return _waited(waits) if waits else did
+
+    # -- clear ------------------------------------------------------------------
+
+    async def clear(self, timeout: float | None, operation: str) -> None:
+        """``clear`` and ``aclose``: generations until nothing is left."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        skip = INSIDE.get()
+        here = self.home(loop)
+        left: set[Partition[K, T]] = set()
+        interrupt: BaseException | None = None
+        while True:
+            did, waits, asked, raised = self.clear_generation(here, skip, left)
+            interrupt = interrupt or raised
+            try:
+                if waits:
+                    remaining = None if deadline is None else deadline - loop.time()
+                    done, pending = await asyncio.wait(waits, timeout=remaining)
+                    interrupt = interrupt or _raised(done)
+                    if pending:
+                        raise TimeoutError
+                for part, reply in asked:
+                    answer = await answer_of(part.mailbox, reply, deadline)
+                    if answer is None:
+                        did = True  # it stopped or closed: route it again
+                        continue
+                    did = did or answer[0]
+                    interrupt = interrupt or answer[1]
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{operation}: timed out after {timeout}s with keys still being "
+                    f"finalized or created: {self.keys_left()}"
+                ) from None
+            if not did:
+                break
+        if left:
+            self.report_left(operation, left)
+        if interrupt is not None:
+            raise interrupt
+
+    def clear_generation(
+        self,
+        here: Partition[K, T],
+        skip: tuple[InsideOf, ...],
+        left: set[Partition[K, T]],
+    ) -> tuple[
+        bool,
+        list[asyncio.Task[Any]],
+        list[tuple[Partition[K, T], asyncio.Future[Answer]]],
+        BaseException | None,
+    ]:
+        """What one generation of ``clear`` does before it waits.
+
+        Asks every running loop to clear its own partition, leaves a request
+        with every stopped one (added to ``left``, and not asked again),
+        adopts the partitions of closed loops, and clears ``here``. Returns
+        whether it found anything, the jobs here to wait for, the requests
+        to wait for, and a ``BaseException`` a sync finalizer raised (after
+        all of that was done).
+        """
+        work = functools.partial(self.clear_work, skip)
+        asked, stopped, adopted = self.send_all(here, work, left)
+        left.update(stopped)
+        interrupt: BaseException | None = None
+        try:
+            self.adopt(here, adopted)
+        except BaseException as exc:  # a sync finalizer's
+            interrupt = exc
+        try:
+            found, waits = here.clear(skip)
+        except BaseException as exc:  # a sync finalizer's
+            interrupt = interrupt or exc
+            found, waits = True, []
+        return bool(adopted) or found, waits, asked, interrupt
+
+    def report_left(self, operation: str, left: Iterable[Partition[K, T]]) -> None:
+        stopped = [p for p in left if p.mailbox.owner is Owner.LIVE]
+        keys = sorted({repr(k) for p in stopped for k in _keys_of(p.ledger)})
+        if not keys:
+            return
+        level = logging.WARNING if operation == "aclose" else logging.INFO
+        log.log(
+            level,
+            "ttlpool: %s left the entries of %d event loop(s) that are stopped, not "
+            "closed, to those loops: they are finalized when each runs again "
+            "(keys %s); if a loop is closed first, call clear() or aclose() again "
+            "from a running loop to finalize its entries",
+            operation,
+            len(stopped),
+            ", ".join(keys),
+        )
+
+    def keys_left(self) -> str:
+        with self.lock:
+            ledgers = self.ledgers()
+        keys = sorted({repr(k) for ledger in ledgers for k in _keys_of(ledger)})
+        return ", ".join(keys) or "(finalizer tasks)"
+
+    # -- the timer --------------------------------------------------------------
+
+    def timer_fired(self, part: Partition[K, T]) -> list[asyncio.Task[None]]:
+        """A partition's timer went off (on the loop its clock called back
+        on: its own, or, with a shared ledger and a foreign clock, another)."""
+        part.timer = None
+        if part.mailbox.owner is not Owner.LIVE or part.mailbox.closing:
+            return []
+        loop = asyncio.get_running_loop()
+        here = part if part.loop is loop else self.home(loop)
+        if len(self.all) > 1:
+            self.sweep(here)
+        return here.reap()
+
+    # -- observation -----------------------------------------------------------
+
+    def ledgers(self) -> list[Ledger[K, T]]:
+        """Each ledger once (called with ``_lock`` held)."""
+        if self.shared is not None:
+            return [self.shared]
+        return [part.ledger for part in self.all.values()]
+
+
+def _keys_of(ledger: Ledger[Any, Any]) -> list[object]:
+    """Every key a ledger holds, creates or finalizes (copies: any thread)."""
+    return [
+        *ledger.entries.copy(),
+        *ledger.creating.copy(),
+        *(entry.key for entry in ledger.finalizing.copy()),
+    ]
+
+
+async def _finished(tasks: list[asyncio.Task[None]]) -> bool:
+    await finish(tasks)
+    return True
+
+
+async def _waited(waits: list[asyncio.Task[Any]]) -> bool:
+    done, _ = await asyncio.wait(waits)
+    interrupt = _raised(done)
+    if interrupt is not None:
+        raise interrupt
+    return True
+
+
+def _raised(tasks: Iterable[asyncio.Task[Any]]) -> BaseException | None:
+    """The first ``BaseException`` a job ended with (jobs catch and report
+    every ``Exception`` themselves), marking each one retrieved."""
+    raised = None
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raised = raised or task.exception()
+    return raised
+
+
+#: PoolStats totals and the Ledger attributes that count them.
+TOTALS = {
+    "hits": "hits",
+    "misses": "misses",
+    "created": "created_total",
+    "finalized": "finalized_total",
+    "expired": "expired_total",
+    "evicted": "evicted_total",
+    "factory_errors": "factory_errors",
+    "finalizer_errors": "finalizer_errors",
+    "abandoned": "abandoned_total",
+}
+
+
+def _after_fork_in_child() -> None:
+    for partitions in list(_EVERY):
+        partitions.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
