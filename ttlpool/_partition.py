@@ -50,7 +50,7 @@ from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
 from ttlpool._handover import Mailbox, Owner
 from ttlpool.clock import Clock, TimerHandle
 
-__all__ = ["INSIDE", "REAP_SLICE", "Partition", "Settings"]
+__all__ = ["INSIDE", "REAP_SLICE", "FinalizationTask", "Partition", "Settings"]
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -91,7 +91,7 @@ class Settings:
         finalizer: Callable[[Any], object] | None,
         on_error: ErrorHook | None,
         clock: Clock,
-        timer_fired: Callable[[Partition[Any, Any]], list[asyncio.Task[None]]],
+        timer_fired: Callable[[Partition[Any, Any]], list[FinalizationTask]],
     ) -> None:
         self.factory = factory
         self.finalizer = finalizer
@@ -140,6 +140,10 @@ class CreationJob:
         self.task: asyncio.Task[None] | None = None
 
 
+#: A finalization job's task: it returns the BaseException to re-raise.
+FinalizationTask = asyncio.Task["BaseException | None"]
+
+
 class Finalization:
     """A finalizer's awaitable, awaited in a finishing task of the partition."""
 
@@ -148,7 +152,7 @@ class Finalization:
     def __init__(self, entry: Entry[Any, Any]) -> None:
         self.entry = entry
         self.awaitable: Awaitable[object] | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: FinalizationTask | None = None
 
 
 Job = CreationJob | Finalization
@@ -253,14 +257,12 @@ class Partition(Generic[K, T]):
         except GeneratorExit:
             raise  # collected with its closed loop: the adopter settled it
         except BaseException as exc:
+            # Every waiter gets it; the task itself ends quietly, so that a
+            # KeyboardInterrupt does not leave the event loop from here.
             self.jobs.discard(job)
             self.settle(creation, error=exc)
-            if not isinstance(exc, Exception):
-                raise
-            if creation.waiters == 0:  # nobody else hears of it
-                interrupt = self.settings.report(exc, "create", creation.key)
-                if interrupt is not None:
-                    raise interrupt from exc
+            if creation.waiters == 0 and isinstance(exc, Exception):
+                self.settings.report(exc, "create", creation.key)  # nobody else
             return
         self.jobs.discard(job)
         action = self.settle(creation, resource)
@@ -327,7 +329,7 @@ class Partition(Generic[K, T]):
         if action:
             self.carry_out(entry, action)
 
-    def carry_out(self, entry: Entry[K, T], action: int) -> list[asyncio.Task[None]]:
+    def carry_out(self, entry: Entry[K, T], action: int) -> list[FinalizationTask]:
         """Do what a release decided: arm the timer, finalize the entry and
         the entries ``max_idle`` evicted. Returns the finalization jobs."""
         if action & ARM:
@@ -337,7 +339,7 @@ class Partition(Generic[K, T]):
             doomed += self.ledger.take_victims()
         return self.finalize(doomed)
 
-    def finalize(self, entries: Iterable[Entry[K, T]]) -> list[asyncio.Task[None]]:
+    def finalize(self, entries: Iterable[Entry[K, T]]) -> list[FinalizationTask]:
         """Call the finalizer of each evicted entry; return the jobs that
         await what the finalizers returned.
 
@@ -349,7 +351,7 @@ class Partition(Generic[K, T]):
         if self.mailbox.owner is Owner.FORKED:
             return []
         ledger, finalizer = self.ledger, self.settings.finalizer
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[FinalizationTask] = []
         interrupt: BaseException | None = None
         for entry in entries:
             if finalizer is None:
@@ -363,7 +365,8 @@ class Partition(Generic[K, T]):
                 context = None if awaitable is None else contextvars.copy_context()
             except BaseException as exc:
                 ledger.finalized(entry, False)
-                interrupt = interrupt or self._failed(exc, entry.key)
+                raised = self._failed(exc, entry.key)
+                interrupt = interrupt or raised
                 continue
             finally:
                 INSIDE.reset(token)
@@ -378,14 +381,24 @@ class Partition(Generic[K, T]):
 
     def _failed(self, exc: BaseException, key: object) -> BaseException | None:
         """Report a finalizer's ``Exception``; return the ``BaseException``
-        to re-raise (``exc`` itself, or one the ``on_error`` hook raised)."""
+        to re-raise (``exc`` itself, or one the ``on_error`` hook raised),
+        logged here too, since a background job has nobody to raise it to."""
         if isinstance(exc, Exception):
-            return self.settings.report(exc, "finalize", key)
-        return exc
+            interrupt = self.settings.report(exc, "finalize", key)
+        else:
+            interrupt = exc
+        if interrupt is not None:
+            log.error(
+                "ttlpool: finalize of key %r raised %r",
+                key,
+                interrupt,
+                exc_info=interrupt,
+            )
+        return interrupt
 
     def _start_finalization(
         self, job: Finalization, context: contextvars.Context | None
-    ) -> asyncio.Task[None]:
+    ) -> FinalizationTask:
         self.jobs.add(job)
         task = start_task(
             self.loop, self._run_finalization(job), finishing=True, context=context
@@ -393,7 +406,11 @@ class Partition(Generic[K, T]):
         job.task = task
         return task
 
-    async def _run_finalization(self, job: Finalization) -> None:
+    async def _run_finalization(self, job: Finalization) -> BaseException | None:
+        """Await a finalizer's awaitable; return the ``BaseException`` for
+        whoever waits for the job to re-raise (raised here, a
+        KeyboardInterrupt would leave the event loop at once, before the
+        other jobs and the bookkeeping of their waiters are done)."""
         assert job.awaitable is not None
         try:
             await job.awaitable
@@ -402,14 +419,10 @@ class Partition(Generic[K, T]):
         except BaseException as exc:
             self.jobs.discard(job)
             self.ledger.finalized(job.entry, False)
-            interrupt = self._failed(exc, job.entry.key)
-            if interrupt is exc:
-                raise
-            if interrupt is not None:
-                raise interrupt from exc
-        else:
-            self.jobs.discard(job)
-            self.ledger.finalized(job.entry, True)
+            return self._failed(exc, job.entry.key)
+        self.jobs.discard(job)
+        self.ledger.finalized(job.entry, True)
+        return None
 
     # -- the loop's shutdown ----------------------------------------------------
 
@@ -461,7 +474,7 @@ class Partition(Generic[K, T]):
         if timer is not None:
             timer.cancel()
 
-    def reap(self) -> list[asyncio.Task[None]]:
+    def reap(self) -> list[FinalizationTask]:
         """Finalize one slice of expired entries, then re-arm (for the next
         deadline, or at once when more have expired: the loop runs other
         callbacks in between). Runs on this partition's loop."""
@@ -489,12 +502,12 @@ class Partition(Generic[K, T]):
         ]
         return bool(evicted or waits), waits
 
-    def expire(self, key: K) -> list[asyncio.Task[None]]:
+    def expire(self, key: K) -> list[FinalizationTask]:
         """Retire ``key``: finalize its idle entry now, or mark it."""
         entry = self.ledger.expire(key)
         return self.finalize([entry]) if entry is not None else []
 
-    def adopt(self, dead: Partition[K, T]) -> list[asyncio.Task[None]]:
+    def adopt(self, dead: Partition[K, T]) -> list[FinalizationTask]:
         """Take over what a partition whose loop closed left behind.
 
         Runs on this partition's loop. The dead loop's jobs never run again:
@@ -552,14 +565,16 @@ def _cycle_message(creation: Creation[Any, Any], inside: tuple[InsideOf, ...]) -
     )
 
 
-async def finish(tasks: list[asyncio.Task[None]]) -> None:
+async def finish(tasks: list[FinalizationTask]) -> None:
     """Wait for finalization jobs, every one of them, even if the caller is
     cancelled meanwhile (they refuse to be cancelled, so its
     ``CancelledError`` comes once they ended); re-raise the first
-    ``BaseException`` one of them ended with."""
+    ``BaseException`` one of them returned."""
     if len(tasks) == 1:
-        await tasks[0]
+        interrupt = await tasks[0]
     elif tasks:
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        interrupt = next(filter(None, await asyncio.gather(*tasks)), None)
+    else:
+        return
+    if interrupt is not None:
+        raise interrupt

@@ -33,7 +33,7 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from ttlpool._aio import call_soon_threadsafe
 from ttlpool._checks import unhashable
@@ -42,6 +42,7 @@ from ttlpool._handover import Answer, Owner, Request, Route, answer_of
 from ttlpool._partition import (
     INSIDE,
     ErrorHook,
+    FinalizationTask,
     InsideOf,
     Partition,
     Settings,
@@ -263,11 +264,11 @@ class Partitions(Generic[K, T]):
 
     def adopt(
         self, here: Partition[K, T], dead: list[Partition[K, T]]
-    ) -> list[asyncio.Task[None]]:
+    ) -> list[FinalizationTask]:
         """``here`` takes over partitions routed ``ADOPT`` to this caller;
         returns the finalization jobs started. Unanswered requests to them
         are answered (there was nothing left for their owner to do)."""
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[FinalizationTask] = []
         interrupt: BaseException | None = None
         for part in dead:
             with self.lock:
@@ -436,7 +437,7 @@ class Partitions(Generic[K, T]):
 
     # -- the timer --------------------------------------------------------------
 
-    def timer_fired(self, part: Partition[K, T]) -> list[asyncio.Task[None]]:
+    def timer_fired(self, part: Partition[K, T]) -> list[FinalizationTask]:
         """A partition's timer went off (on the loop its clock called back
         on: its own, or, with a shared ledger and a foreign clock, another)."""
         part.timer = None
@@ -466,7 +467,7 @@ def _keys_of(ledger: Ledger[Any, Any]) -> list[object]:
     ]
 
 
-async def _finished(tasks: list[asyncio.Task[None]]) -> bool:
+async def _finished(tasks: list[FinalizationTask]) -> bool:
     await finish(tasks)
     return True
 
@@ -480,13 +481,12 @@ async def _waited(waits: list[asyncio.Task[Any]]) -> bool:
 
 
 def _raised(tasks: Iterable[asyncio.Task[Any]]) -> BaseException | None:
-    """The first ``BaseException`` a job ended with (jobs catch and report
-    every ``Exception`` themselves), marking each one retrieved."""
-    raised = None
+    """The first ``BaseException`` a finalization job returned (jobs report
+    every ``Exception`` themselves and end quietly)."""
     for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raised = raised or task.exception()
-    return raised
+        if not task.cancelled() and isinstance(task.result(), BaseException):
+            return cast(BaseException, task.result())
+    return None
 
 
 #: PoolStats totals and the Ledger attributes that count them.

@@ -386,7 +386,7 @@ class ResourcePool(Generic[K, T]):
         return sum(len(ledger.entries) for ledger in ledgers)
 
     def __contains__(self, key: object) -> bool:
-        check_key(key, "`key in pool`")
+        check_key(key, "contains (`key in pool`)")
         with self._map.lock:
             ledgers = self._map.ledgers()
         return any(key in ledger.entries for ledger in ledgers)
