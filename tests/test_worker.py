@@ -1,7 +1,9 @@
 """WorkerLoopPool: warm event loops on daemon threads.
 
-No assertion here is about speed. Where a test must wait for another
-thread, it polls with a generous deadline that only bounds a hang.
+No assertion here is about speed, and no test sleeps in the hope that
+another thread got somewhere: it waits for an event, or polls a condition
+with a generous deadline that only bounds a hang and names what it waited
+for.
 """
 
 from __future__ import annotations
@@ -10,7 +12,12 @@ import asyncio
 import contextlib
 import contextvars
 import gc
+import json
 import logging
+import os
+import random
+import select
+import signal
 import threading
 import time
 import traceback
@@ -23,19 +30,37 @@ from ttlpool.errors import PoolClosedError
 from ttlpool.worker import WorkerLoopPool
 
 HANG = 30.0  # bounds a hang; never a speed target
+#: How long an idle adapter's threads may take to end (SPEC 8).
+IDLE_THREADS_END = 5.0
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 
 
-async def _wait_until(predicate: Callable[[], bool], timeout: float = HANG) -> None:
+async def _wait_until(
+    predicate: Callable[[], bool], what: str = "condition", timeout: float = HANG
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
+        assert time.monotonic() < deadline, f"{what}: not met within {timeout}s"
         await asyncio.sleep(0.005)
+
+
+def _poll_until(
+    predicate: Callable[[], bool], what: str = "condition", timeout: float = HANG
+) -> None:
+    """``_wait_until`` for a thread with no event loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not met within {timeout}s"
+        time.sleep(0.005)
 
 
 def _alive(prefix: str) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(f"{prefix}-")]
+
+
+def _no_thread_of(prefix: str) -> Callable[[], bool]:
+    return lambda: _alive(prefix) == []
 
 
 async def _where() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
@@ -119,11 +144,174 @@ async def test_stop_leaves_no_thread_no_warning_and_no_pending_task(
 async def test_an_idle_loop_is_reaped_after_its_ttl_without_stop() -> None:
     async with WorkerLoopPool(ttl=0.05, name="ttlpool-t-ttl") as loops:
         loop, thread = await loops.run(_where)
-        await _wait_until(lambda: not thread.is_alive())
+        await _wait_until(lambda: not thread.is_alive(), "the worker thread ends")
         assert loop.is_closed()
-        assert _alive("ttlpool-t-ttl") == ["ttlpool-t-ttl-control"]
         assert loops.stats.expired == 1
-        await _wait_until(lambda: loops.stats.finalized == 1)
+        await _wait_until(lambda: loops.stats.finalized == 1, "finalized == 1")
+        # Nothing left to serve: the control thread ends too.
+        await _wait_until(
+            _no_thread_of("ttlpool-t-ttl"), "no thread of the pool", IDLE_THREADS_END
+        )
+
+
+def _threads_of(name: str) -> tuple[threading.Thread, threading.Thread]:
+    """The worker thread running this, and the pool's control thread."""
+    control = [t for t in threading.enumerate() if t.name == f"{name}-control"]
+    assert len(control) == 1, control
+    return threading.current_thread(), control[0]
+
+
+async def _threads_here(name: str) -> tuple[threading.Thread, threading.Thread]:
+    return _threads_of(name)
+
+
+async def test_an_idle_adapter_holds_no_thread_and_starts_again_on_demand() -> None:
+    name = "ttlpool-t-idle"
+    loops = WorkerLoopPool(ttl=0, name=name)
+    try:
+        worker, control = await loops.run(_threads_here, name)
+        # ttl=0: the worker was retired in the release; the control thread
+        # has nothing left to serve and ends by itself.
+        await _wait_until(
+            _no_thread_of(name), "no thread of the pool", IDLE_THREADS_END
+        )
+        assert loops.stats.finalized == 1
+        again, new_control = await loops.run(_threads_here, name)
+        assert again is not worker and again.name == f"{name}-2"
+        assert new_control is not control
+    finally:
+        await asyncio.wait_for(loops.stop(), HANG)
+    assert _alive(name) == []
+    assert loops.stats.created == loops.stats.finalized == 2
+
+
+def test_an_idle_adapter_used_by_run_sync_holds_no_thread() -> None:
+    name = "ttlpool-t-idlesync"
+    loops = WorkerLoopPool(ttl=0, name=name)
+    seen: list[tuple[threading.Thread, threading.Thread]] = []
+    errors: list[BaseException] = []
+
+    def client() -> None:  # a plain thread: no event loop
+        try:
+            seen.append(loops.run_sync(_threads_here, name))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    try:
+        for _ in range(2):
+            thread = threading.Thread(target=client)
+            thread.start()
+            thread.join(HANG)
+            assert not thread.is_alive() and not errors, errors
+            _poll_until(_no_thread_of(name), "no thread of the pool", IDLE_THREADS_END)
+        (first, first_control), (second, second_control) = seen
+        assert first is not second and second.name == f"{name}-2"
+        assert first_control is not second_control
+    finally:
+        asyncio.run(asyncio.wait_for(loops.stop(), HANG))
+    assert _alive(name) == []
+    assert loops.stats.created == loops.stats.finalized == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_dispatches_racing_the_control_loops_retirement_all_succeed(
+    seed: int,
+) -> None:
+    """With ttl=0 every dispatch ends in a retirement check of the control
+    loop. In rounds, tasks (``run``, ``lease``) and plain threads
+    (``run_sync``) dispatch together; the next round starts the moment one ends, so its
+    dispatches arrive while the control loop checks whether it is idle,
+    retires, or is being replaced by a new one."""
+    rng = random.Random(seed)
+    name = f"ttlpool-t-hammer{seed}"
+    loops = WorkerLoopPool(ttl=0, name=name)
+    expected: list[int] = []
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    async def echo(value: int, pauses: int) -> int:
+        for _ in range(pauses):
+            await asyncio.sleep(0)
+        return value
+
+    def steps() -> list[tuple[int, Any, int, int]]:
+        # (value, key, pauses on the worker, pauses before dispatching)
+        made = [
+            (rng.randrange(10**9), rng.choice(["a", "b", None]), rng.randrange(3),
+             rng.randrange(5))
+            for _ in range(rng.randrange(1, 3))
+        ]  # fmt: skip
+        expected.extend(value for value, *_ in made)
+        return made
+
+    async def from_a_task(plan: list[tuple[int, Any, int, int]]) -> None:
+        for value, key, pauses, before in plan:
+            for _ in range(before):
+                await asyncio.sleep(0)
+            if value % 3:
+                results.append(await loops.run(echo, value, pauses, key=key))
+                continue
+            async with loops.lease(key) as loop:  # the raw loop, a third way
+                running = asyncio.run_coroutine_threadsafe(echo(value, pauses), loop)
+                results.append(await asyncio.wrap_future(running))
+
+    def from_a_thread(plan: list[tuple[int, Any, int, int]]) -> None:
+        try:
+            for value, key, pauses, before in plan:
+                for _ in range(before):
+                    time.sleep(0)  # a yield to the other threads
+                results.append(loops.run_sync(echo, value, pauses, key=key))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    async def round_() -> None:
+        threads = [
+            threading.Thread(target=from_a_thread, args=(steps(),))
+            for _ in range(rng.randrange(3))
+        ]
+        for thread in threads:
+            thread.start()
+        await asyncio.gather(
+            *(from_a_task(steps()) for _ in range(rng.randrange(1, 4)))
+        )
+        deadline = time.monotonic() + HANG
+        while any(thread.is_alive() for thread in threads):  # no pause: race
+            assert time.monotonic() < deadline, "the client threads did not end"
+            await asyncio.sleep(0)
+
+    try:
+        for _ in range(15):
+            await asyncio.wait_for(round_(), HANG)
+    finally:
+        await asyncio.wait_for(loops.stop(), HANG)
+    assert not errors, errors
+    assert sorted(results) == sorted(expected)
+    stats = loops.stats
+    assert stats.created == stats.finalized
+    assert stats.total_entries == stats.referenced_entries == stats.creating == 0
+    assert _alive(name) == []
+
+
+async def _echo(value: int) -> int:
+    return value
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_stop_racing_the_control_loops_own_retirement_leaves_no_thread(
+    seed: int,
+) -> None:
+    """``stop`` lands before the control loop's retirement check, while the
+    loop retires by itself, or after it ended, depending on the pause."""
+    rng = random.Random(seed)
+    for n in range(30):
+        name = f"ttlpool-t-stoprace{seed}-{n}"
+        loops = WorkerLoopPool(ttl=0, name=name)
+        assert await loops.run(_echo, n) == n
+        for _ in range(rng.randrange(40)):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(loops.stop(), HANG)
+        assert _alive(name) == []
+        assert loops.stats.created == loops.stats.finalized == 1
 
 
 async def test_a_dispatch_during_a_slow_reap_gets_a_fresh_loop_at_once() -> None:
@@ -457,6 +645,103 @@ async def test_a_cancelled_lease_request_gives_the_lease_back() -> None:
         with pytest.raises(asyncio.CancelledError):
             await holder
         await _wait_until(lambda: loops.stats.total_entries == 0)
+
+
+# -- os.fork() ------------------------------------------------------------------
+
+
+def _read_child(pid: int, read_fd: int) -> tuple[bytes, int]:
+    """The child's report and exit code; the child is killed after ``HANG``."""
+    chunks = []
+    deadline = time.monotonic() + HANG
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([pipe], [], [], 0.1)
+            if ready:
+                chunk = pipe.read(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return b"".join(chunks), os.waitstatus_to_exitcode(status)
+
+
+async def _in_forked_child(loops: WorkerLoopPool, name: str) -> dict[str, Any]:
+    report: dict[str, Any] = {"threads": _alive(name)}
+    report["new"] = (await asyncio.wait_for(loops.run(_current_thread), HANG)).name
+    await asyncio.wait_for(loops.stop(), HANG)
+    report["after_stop"] = _alive(name)
+    report["created"] = loops.stats.created
+    return report
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# Python 3.12+ warns about fork() while other threads run: this test forks
+# on purpose while the pool's threads run, and the child leaves with _exit.
+@pytest.mark.filterwarnings(
+    "ignore:This process .*is multi-threaded:DeprecationWarning"
+)
+def test_a_forked_child_starts_with_no_thread_and_leaves_the_parents_alone() -> None:
+    name = "ttlpool-t-fork"
+    started = threading.Event()
+    gates: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    outcome: list[object] = []
+
+    async def wait_for_the_gate() -> str:
+        gate = asyncio.Event()
+        gates.append((asyncio.get_running_loop(), gate))
+        started.set()
+        await gate.wait()
+        return "done in the parent"
+
+    def client() -> None:
+        try:
+            outcome.append(loops.run_sync(wait_for_the_gate))
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    loops = WorkerLoopPool(name=name)
+    caller = threading.Thread(target=client)
+    caller.start()
+    try:
+        assert started.wait(HANG), "the call did not start"
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave without running atexit
+            code = 1
+            try:
+                os.close(read_fd)
+                report = asyncio.run(_in_forked_child(loops, name))
+                os.write(write_fd, json.dumps(report).encode())
+                code = 0
+            except BaseException:
+                os.write(write_fd, traceback.format_exc().encode())
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        output, exit_code = _read_child(pid, read_fd)
+        assert exit_code == 0, output.decode(errors="replace")
+        seen = json.loads(output)
+        assert seen["threads"] == []  # threads do not survive a fork
+        assert seen["new"] == f"{name}-1"  # the child numbers its own threads
+        assert seen["after_stop"] == []
+        assert seen["created"] == 1
+        # The parent's call, worker and control loop went on untouched.
+        assert sorted(_alive(name)) == [f"{name}-1", f"{name}-control"]
+        worker_loop, gate = gates[0]
+        worker_loop.call_soon_threadsafe(gate.set)
+        caller.join(HANG)
+        assert outcome == ["done in the parent"]
+    finally:
+        if gates:
+            worker_loop, gate = gates[0]
+            worker_loop.call_soon_threadsafe(gate.set)
+        caller.join(HANG)
+        asyncio.run(asyncio.wait_for(loops.stop(), HANG))
+    assert _alive(name) == []
+    assert loops.stats.created == loops.stats.finalized == 1
 
 
 # -- run_sync, from threads with no event loop --------------------------------

@@ -20,9 +20,11 @@ State that two threads reach
 
 ``_WorkerLoop``
     ``_retiring``, ``_requests``, ``_exit_callbacks``, ``_exited``: any
-    thread, under ``_lock``. ``loop``: run by ``thread`` alone; another
-    thread posts to it only under ``_lock`` while not retiring, so nothing
-    is posted to a loop that has closed. ``_drainer``: its thread only.
+    thread, under ``_lock``. ``loop``: run by ``thread`` alone; other
+    threads post to it through ``admit``, ``post`` and ``retire``, under
+    ``_lock`` and only while not retiring, so never to a closed loop (the
+    one other poster, ``_Call.cancel``, tolerates a closed loop).
+    ``_drainer``: its thread only.
 ``_Call``
     ``_cancelled``, ``_done``, ``_task``: any thread, under ``_lock``.
     ``result``, ``error``: written once under ``_lock`` by the thread that
@@ -144,7 +146,14 @@ class _WorkerLoop:
             self.loop.close()
             raise
 
-    def admit(self, request: _Request, start: Callable[[], object] | None) -> bool:
+    @property
+    def retiring(self) -> bool:
+        """It admits nothing more (read without the lock: a hint)."""
+        return self._retiring
+
+    def admit(
+        self, request: _Request | None, start: Callable[[], object] | None = None
+    ) -> bool:
         """Track ``request`` and run ``start`` on the loop, unless retiring.
 
         Admission and retirement take the same lock, so everything
@@ -154,20 +163,38 @@ class _WorkerLoop:
         with self._lock:
             if self._retiring:
                 return False
-            self._requests.add(request)
+            if request is not None:
+                self._requests.add(request)
             if start is not None:
                 self.loop.call_soon_threadsafe(start)
         return True
 
-    def forget(self, request: _Request) -> None:
+    def post(self, callback: Callable[[], object]) -> bool:
+        """Run ``callback`` on the loop, unless retiring: :meth:`admit` alone."""
+        return self.admit(None, callback)
+
+    def forget(self, request: _Request) -> bool:
+        """Stop tracking ``request``; return whether none is tracked now."""
         with self._lock:
             self._requests.discard(request)
+            return not self._requests
 
     def retire(self) -> None:
         """Admit nothing more; drain the loop, then stop it (idempotent)."""
         with self._lock:
-            if self._retiring:
-                return
+            self._retire_locked()
+
+    def retire_if_idle(self) -> bool:
+        """:meth:`retire`, only if no request is tracked; return whether it
+        started retiring now."""
+        with self._lock:
+            if self._retiring or self._requests:
+                return False
+            self._retire_locked()
+            return True
+
+    def _retire_locked(self) -> None:
+        if not self._retiring:
             self._retiring = True
             self.loop.call_soon_threadsafe(self._start_drain)
 
@@ -185,6 +212,18 @@ class _WorkerLoop:
             requests, self._requests = self._requests, set()
         for request in requests:
             request.loop_gone(reason)
+
+    def disown_after_fork(self) -> None:
+        """In a forked child, where this loop's thread does not exist.
+
+        The loop admits nothing and counts as exited, so that nothing in
+        the child posts to it or waits for it. The lock is a fresh one: the
+        parent's may have been held by another thread at the fork.
+        """
+        self._lock = threading.Lock()
+        self._retiring = True
+        self._exited = True
+        self._exit_callbacks = []
 
     async def wait_ended(self, timeout: float | None, grace: float) -> bool:
         """Wait, without blocking the running loop, until the thread ends.
@@ -483,7 +522,10 @@ class _LeaseRequest:
             on_finish()
 
     def loop_gone(self, reason: str) -> None:
-        self.release()  # its loop is gone: the lease goes back
+        # Still waiting: the caller hears why. Granted: its loop is gone,
+        # so the lease goes back (the caller's own release is then a no-op).
+        if not self.fail(RuntimeError(f"lease: {reason}")):
+            self.release()
 
 
 class _LoopWaiter:
