@@ -543,26 +543,34 @@ async def test_cancelling_the_caller_cancels_the_worker_task() -> None:
 
 async def test_a_second_cancellation_stops_waiting_for_the_unwind() -> None:
     started = threading.Event()
-    release = threading.Event()
+    unwinding = threading.Event()
+    # Set on the worker loop (call_soon_threadsafe) to let the unwind end.
+    release: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     async def slow_to_unwind() -> None:
+        gate = asyncio.Event()
+        release.append((asyncio.get_running_loop(), gate))
         started.set()
         try:
             await _forever()
         finally:
-            while not release.is_set():
-                await asyncio.sleep(0.005)
+            unwinding.set()
+            await gate.wait()
 
     async with WorkerLoopPool(name="ttlpool-t-cancel2") as loops:
         caller = asyncio.create_task(loops.run(slow_to_unwind))
-        await _wait_until(started.is_set)
+        await _wait_until(started.is_set, "the call started")
         caller.cancel()
-        await asyncio.sleep(0.01)
-        assert not caller.done()  # waiting for the unwind
+        await _wait_until(unwinding.is_set, "the worker task is unwinding")
+        # The caller passed the cancellation on in the step that took it, so
+        # it has decided by now; the worker task cannot end before the gate
+        # opens, and run() waits for it.
+        assert not caller.done()
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
             await caller
-        release.set()
+        worker_loop, gate = release[0]
+        worker_loop.call_soon_threadsafe(gate.set)
 
 
 async def test_an_exception_comes_back_with_the_worker_frames() -> None:
@@ -632,19 +640,50 @@ async def test_lease_gives_the_raw_loop_and_keeps_it_warm() -> None:
         assert await loops.run(_current_thread) is thread
 
 
-async def test_a_cancelled_lease_request_gives_the_lease_back() -> None:
-    async with WorkerLoopPool(ttl=0, name="ttlpool-t-leasecancel") as loops:
+@pytest.mark.parametrize("ttl", [0, 30])
+async def test_a_lease_request_cancelled_while_its_loop_is_made_leaks_no_lease(
+    ttl: float,
+) -> None:
+    making = threading.Event()  # the factory runs: the request is being served
+    cancelled = threading.Event()  # the factory waits for the cancellation
+
+    def slow_loop_factory() -> asyncio.AbstractEventLoop:
+        making.set()
+        assert cancelled.wait(HANG), "the test did not cancel"
+        return asyncio.new_event_loop()
+
+    name = f"ttlpool-t-leasecancel{ttl}"
+    loops = WorkerLoopPool(ttl=ttl, loop_factory=slow_loop_factory, name=name)
+    try:
 
         async def take() -> None:
             async with loops.lease():
                 await _forever()
 
         holder = asyncio.create_task(take())
-        await asyncio.sleep(0)
+        await _wait_until(making.is_set, "the worker's creation started")
+        assert loops.stats.creating == 1
         holder.cancel()
         with pytest.raises(asyncio.CancelledError):
             await holder
-        await _wait_until(lambda: loops.stats.total_entries == 0)
+        cancelled.set()
+        # The creation goes on without its requester: the new loop enters
+        # the pool unreferenced, idle under the TTL, retired at once with 0.
+        settled = (
+            (lambda: loops.stats.finalized == 1)
+            if ttl == 0
+            else (lambda: loops.stats.idle_entries == 1)
+        )
+        await _wait_until(
+            lambda: loops.stats.created == 1 and settled(), "the new loop settled"
+        )
+        assert loops.stats.referenced_entries == 0
+        assert loops.stats.creating == 0
+    finally:
+        cancelled.set()
+        await asyncio.wait_for(loops.stop(), HANG)
+    assert loops.stats.finalized == loops.stats.created == 1
+    assert _alive(name) == []
 
 
 # -- os.fork() ------------------------------------------------------------------
