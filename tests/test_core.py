@@ -12,7 +12,8 @@ from typing import cast
 
 import pytest
 
-from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger, LockedLedger
+from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
+from ttlpool._locked_ledger import LockedLedger
 
 
 def acquire(

@@ -29,7 +29,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger, LockedLedger
+from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
+from ttlpool._locked_ledger import LockedLedger
 
 KEYS = st.integers(min_value=0, max_value=4)
 PICK = st.integers(min_value=0, max_value=1_000)  # an index, taken modulo a length

@@ -9,8 +9,8 @@ is the thread of the partition's event loop while that loop lives, and then
 the one caller that adopted the partition after the loop closed (see
 ``ttlpool._handover``). Observers on other threads only read it, through
 copies (:meth:`Ledger.pending_cleanup`) or plain integers and ``len``. A
-:class:`LockedLedger` is shared by every loop's partition and holds its own
-lock around every operation.
+``LockedLedger`` is shared by every loop's partition and holds its own lock
+around every operation.
 
 Invariants (checked after every step by ``tests/test_model.py``):
 
@@ -53,19 +53,18 @@ ledger through any interleaving with a manual clock.
 - ``retire_into(heir)``: the ledger's loop closed; another partition's
   ledger takes over what is left to finalize.
 
-``LockedLedger`` is the same ledger with every operation under one thread
-lock, for a partition that several event loops share.
+``ttlpool._locked_ledger.LockedLedger`` is the same ledger with every
+operation under one thread lock, for entries that every loop shares.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["ARM", "EVICTED", "FINALIZE", "Creation", "Entry", "Ledger", "LockedLedger"]
+__all__ = ["ARM", "EVICTED", "FINALIZE", "Creation", "Entry", "Ledger"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -443,93 +442,3 @@ class Ledger(Generic[K, T]):
         if self.ttl != math.inf:
             pending.update((key, entry.deadline) for key, entry in idle.items())
         return pending
-
-
-class LockedLedger(Ledger[K, T]):
-    """A ledger whose every operation holds one thread lock (shared partitions)."""
-
-    def __init__(
-        self, ttl: float | None, max_idle: int | None, lock: threading.Lock
-    ) -> None:
-        super().__init__(ttl, max_idle)
-        self.lock = lock
-
-    def hit(self, key: K) -> Entry[K, T] | None:
-        with self.lock:
-            return super().hit(key)
-
-    def release(self, entry: Entry[K, T], now: float) -> int:
-        with self.lock:
-            return super().release(entry, now)
-
-    def hold(self, entry: Entry[K, T]) -> None:
-        with self.lock:
-            super().hold(entry)
-
-    def release_key(self, key: K, now: float) -> tuple[Entry[K, T] | None, int]:
-        with self.lock:
-            return super().release_key(key, now)
-
-    def take_victims(self) -> list[Entry[K, T]]:
-        with self.lock:
-            return super().take_victims()
-
-    def lookup(
-        self, key: K, missed: bool = False
-    ) -> tuple[Entry[K, T] | Creation[K, T], bool]:
-        with self.lock:
-            return super().lookup(key)
-
-    def listen(self, creation: Creation[K, T], listener: object) -> bool:
-        with self.lock:
-            return super().listen(creation, listener)
-
-    def withdraw(self, creation: Creation[K, T]) -> Entry[K, T] | None:
-        with self.lock:
-            return super().withdraw(creation)
-
-    def created(
-        self, creation: Creation[K, T], resource: T, now: float
-    ) -> tuple[Entry[K, T], int]:
-        with self.lock:
-            return super().created(creation, resource, now)
-
-    def failed(self, creation: Creation[K, T], error: BaseException) -> None:
-        with self.lock:
-            super().failed(creation, error)
-
-    def finalized(self, entry: Entry[K, T], ok: bool) -> None:
-        with self.lock:
-            super().finalized(entry, ok)
-
-    def expire(self, key: K) -> Entry[K, T] | None:
-        with self.lock:
-            return super().expire(key)
-
-    def evict_all(self) -> list[Entry[K, T]]:
-        with self.lock:
-            return super().evict_all()
-
-    def abandoned(self, entry: Entry[K, T]) -> None:
-        with self.lock:
-            super().abandoned(entry)
-
-    def fail_creations(
-        self, owner: object, error: BaseException
-    ) -> list[Creation[K, T]]:
-        with self.lock:
-            return super().fail_creations(owner, error)
-
-    def timer_fired(
-        self, now: float, limit: int
-    ) -> tuple[list[Entry[K, T]], float | None]:
-        with self.lock:
-            return super().timer_fired(now, limit)
-
-    def timer_lost(self, now: float) -> float | None:
-        with self.lock:
-            return super().timer_lost(now)
-
-    def pending_cleanup(self) -> dict[K, float | None]:
-        with self.lock:
-            return super().pending_cleanup()

@@ -21,7 +21,7 @@ may cut its factory off: nothing is cached then), a finalization in a
 end, and counts as finalized only then). From Python 3.12 both start
 eagerly, so a factory or finalizer that never suspends costs no loop trip.
 
-The context variable :data:`INSIDE` lists the jobs the current code runs
+The context variable :data:`~ttlpool._jobs.INSIDE` lists the jobs the current code runs
 inside of (a factory that calls ``clear``, a finalizer that acquires): a
 call made from inside a job never waits for that job, and an acquire that
 would wait for a creation it is inside of is a cycle, raised as an error.
@@ -35,10 +35,8 @@ import functools
 import logging
 import sys
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
-from contextvars import ContextVar
-from inspect import CORO_CREATED, getcoroutinestate
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import AsyncGenerator, Iterable
+from typing import Any, Generic, TypeVar
 
 from ttlpool._aio import (
     is_awaitable,
@@ -48,9 +46,24 @@ from ttlpool._aio import (
 )
 from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
 from ttlpool._handover import Mailbox, Owner
-from ttlpool.clock import Clock, TimerHandle
+from ttlpool._jobs import (
+    INSIDE,
+    CreationJob,
+    CreationLost,
+    Finalization,
+    FinalizationTask,
+    InsideOf,
+    Job,
+    Settings,
+    cycle_message,
+    finish,
+    forget_task,
+    inside_of,
+    never_started,
+)
+from ttlpool.clock import TimerHandle
 
-__all__ = ["INSIDE", "REAP_SLICE", "FinalizationTask", "Partition", "Settings"]
+__all__ = ["REAP_SLICE", "Partition"]
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -60,105 +73,6 @@ log = logging.getLogger("ttlpool")
 #: Expired entries finalized per timer callback before yielding to the loop.
 REAP_SLICE = 128
 
-#: The jobs (creations and finalizations) the current code runs inside of.
-INSIDE: ContextVar[tuple[InsideOf, ...]] = ContextVar("ttlpool_inside", default=())
-
-#: ``on_error(exception, operation, key)``.
-ErrorHook = Callable[[BaseException, str, Any], None]
-
-
-class CreationLost(RuntimeError):
-    """The loop running a creation closed before it ended (shared entries):
-    its waiters on other loops start a new one."""
-
-
-class Settings:
-    """What every partition of one pool shares, fixed at construction."""
-
-    __slots__ = (
-        "clock",
-        "errors",
-        "errors_lock",
-        "factory",
-        "finalizer",
-        "on_error",
-        "timer_fired",
-    )
-
-    def __init__(
-        self,
-        factory: Callable[[Any], Any],
-        finalizer: Callable[[Any], object] | None,
-        on_error: ErrorHook | None,
-        clock: Clock,
-        timer_fired: Callable[[Partition[Any, Any]], list[FinalizationTask]],
-    ) -> None:
-        self.factory = factory
-        self.finalizer = finalizer
-        self.on_error = on_error
-        self.clock = clock
-        #: What a partition's timer calls (the pool picks the partition of
-        #: the loop the clock called back on, and reaps there).
-        self.timer_fired = timer_fired
-        #: Every error the pool caught, from any thread (under ``errors_lock``).
-        self.errors = 0
-        self.errors_lock = threading.Lock()
-
-    def report(
-        self, exc: BaseException, operation: str, key: object
-    ) -> BaseException | None:
-        """Log, count and hand to ``on_error`` an error the pool caught.
-
-        Returns a ``BaseException`` that ``on_error`` raised, for the caller
-        to re-raise once its own bookkeeping is done; an ``Exception`` from
-        the hook is logged and dropped.
-        """
-        with self.errors_lock:
-            self.errors += 1
-        log.error("ttlpool: %s of key %r failed", operation, key, exc_info=exc)
-        if self.on_error is None:
-            return None
-        try:
-            self.on_error(exc, operation, key)
-        except Exception:
-            log.exception(
-                "ttlpool: on_error hook failed for %s of key %r", operation, key
-            )
-        except BaseException as interrupt:
-            return interrupt
-        return None
-
-
-class CreationJob:
-    """A factory's awaitable, awaited in a task of the partition."""
-
-    __slots__ = ("awaitable", "creation", "task")
-
-    def __init__(self, creation: Creation[Any, Any], awaitable: Awaitable[Any]) -> None:
-        self.creation = creation
-        self.awaitable = awaitable
-        self.task: asyncio.Task[None] | None = None
-
-
-#: A finalization job's task: it returns the BaseException to re-raise.
-FinalizationTask = asyncio.Task["BaseException | None"]
-
-
-class Finalization:
-    """A finalizer's awaitable, awaited in a finishing task of the partition."""
-
-    __slots__ = ("awaitable", "entry", "task")
-
-    def __init__(self, entry: Entry[Any, Any]) -> None:
-        self.entry = entry
-        self.awaitable: Awaitable[object] | None = None
-        self.task: FinalizationTask | None = None
-
-
-Job = CreationJob | Finalization
-#: What code can run inside of: a creation (its factory) or a finalization.
-InsideOf = Creation[Any, Any] | Finalization
-
 
 async def _watch_shutdown(part: Partition[Any, Any]) -> AsyncGenerator[None, None]:
     try:
@@ -166,25 +80,6 @@ async def _watch_shutdown(part: Partition[Any, Any]) -> AsyncGenerator[None, Non
     finally:
         if part.mailbox.owner is Owner.LIVE:
             await part.shutting_down()
-
-
-def _inside_of(job: Job) -> InsideOf:
-    """What code running in ``job`` is inside of (see :data:`INSIDE`)."""
-    return job.creation if isinstance(job, CreationJob) else job
-
-
-def _never_started(task: asyncio.Task[Any]) -> bool:
-    coro = cast("Coroutine[Any, Any, Any]", task.get_coro())
-    return getcoroutinestate(coro) == CORO_CREATED
-
-
-def _forget_task(task: asyncio.Task[Any]) -> None:
-    """A task of a closed loop that will never end: close its coroutine if it
-    never started, and keep asyncio from logging its destruction (the pool
-    reports what it cut off itself)."""
-    if _never_started(task):
-        cast("Coroutine[Any, Any, Any]", task.get_coro()).close()
-    setattr(task, "_log_destroy_pending", False)  # noqa: B010 (no public way)
 
 
 class Partition(Generic[K, T]):
@@ -303,7 +198,7 @@ class Partition(Generic[K, T]):
         inside = INSIDE.get()
         if creation in inside:
             ledger.withdraw(creation)
-            raise RuntimeError(_cycle_message(creation, inside))
+            raise RuntimeError(cycle_message(creation, inside))
         if not creation.done:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if ledger.listen(creation, waiter):
@@ -496,7 +391,7 @@ class Partition(Generic[K, T]):
         waits = [
             job.task
             for job in list(self.jobs)
-            if _inside_of(job) not in skipped
+            if inside_of(job) not in skipped
             and job.task is not None
             and not job.task.done()
         ]
@@ -522,8 +417,8 @@ class Partition(Generic[K, T]):
         restart: list[Finalization] = []
         for job in list(dead.jobs):
             assert job.task is not None
-            started = not _never_started(job.task)
-            _forget_task(job.task)
+            started = not never_started(job.task)
+            forget_task(job.task)
             if isinstance(job, Finalization):
                 if started:
                     self.ledger.abandoned(job.entry)
@@ -552,29 +447,3 @@ class Partition(Generic[K, T]):
             evicted = dead.ledger.retire_into(self.ledger)
         tasks = [self._start_finalization(job, None) for job in restart]
         return tasks + self.finalize(evicted)
-
-
-def _cycle_message(creation: Creation[Any, Any], inside: tuple[InsideOf, ...]) -> str:
-    chain = [
-        job.key for job in inside[inside.index(creation) :] if isinstance(job, Creation)
-    ]
-    cycle = " -> ".join(repr(key) for key in [*chain, creation.key])
-    return (
-        f"acquire({creation.key!r}): the factory of key {creation.key!r} acquires "
-        f"that key itself (cycle: {cycle}); it would wait for itself forever"
-    )
-
-
-async def finish(tasks: list[FinalizationTask]) -> None:
-    """Wait for finalization jobs, every one of them, even if the caller is
-    cancelled meanwhile (they refuse to be cancelled, so its
-    ``CancelledError`` comes once they ended); re-raise the first
-    ``BaseException`` one of them returned."""
-    if len(tasks) == 1:
-        interrupt = await tasks[0]
-    elif tasks:
-        interrupt = next(filter(None, await asyncio.gather(*tasks)), None)
-    else:
-        return
-    if interrupt is not None:
-        raise interrupt

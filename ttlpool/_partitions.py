@@ -33,21 +33,19 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from ttlpool._aio import call_soon_threadsafe
 from ttlpool._checks import unhashable
-from ttlpool._core import Creation, Entry, Ledger, LockedLedger
-from ttlpool._handover import Answer, Owner, Request, Route, answer_of
-from ttlpool._partition import (
-    INSIDE,
+from ttlpool._core import Creation, Entry, Ledger
+from ttlpool._handover import Answer, Owner, Request, Route
+from ttlpool._jobs import (
     ErrorHook,
     FinalizationTask,
-    InsideOf,
-    Partition,
     Settings,
-    finish,
 )
+from ttlpool._locked_ledger import LockedLedger
+from ttlpool._partition import Partition
 from ttlpool.clock import Clock
 from ttlpool.errors import PoolClosedError
 
@@ -214,23 +212,6 @@ class Partitions(Generic[K, T]):
 
     # -- work that crosses loops -----------------------------------------------
 
-    async def expire(self, key: K) -> None:
-        """``ResourcePool.expire``: retire ``key`` in every loop's entries."""
-        loop = asyncio.get_running_loop()
-        here = self.home(loop)
-        self.sweep(here)
-        tasks = here.expire(key)
-        asked: list[tuple[Partition[K, T], asyncio.Future[Answer]]] = []
-        if self.shared is None:
-            work = functools.partial(self.expire_work, key)
-            asked, _, adopted = self.send_all(here, work)
-            tasks += self.adopt(here, adopted)
-        await finish(tasks)
-        for part, reply in asked:
-            answer = await answer_of(part.mailbox, reply, None)
-            if answer is not None and answer[1] is not None:
-                raise answer[1]
-
     def release_from_anywhere(self, part: Partition[K, T], entry: Entry[K, T]) -> None:
         """Release a lease whose coroutine is being closed, maybe by the
         garbage collector on any thread: nothing here may await or take the
@@ -326,115 +307,6 @@ class Partitions(Generic[K, T]):
                     adopted.append(part)
         return asked, left, adopted
 
-    @staticmethod
-    def expire_work(key: Any, part: Partition[Any, Any]) -> bool | Awaitable[bool]:
-        tasks = part.expire(key)
-        return _finished(tasks) if tasks else False
-
-    @staticmethod
-    def clear_work(
-        skip: tuple[InsideOf, ...], part: Partition[Any, Any]
-    ) -> bool | Awaitable[bool]:
-        did, waits = part.clear(skip)
-        return _waited(waits) if waits else did
-
-    # -- clear ------------------------------------------------------------------
-
-    async def clear(self, timeout: float | None, operation: str) -> None:
-        """``clear`` and ``aclose``: generations until nothing is left."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        skip = INSIDE.get()
-        here = self.home(loop)
-        left: set[Partition[K, T]] = set()
-        interrupt: BaseException | None = None
-        while True:
-            did, waits, asked, raised = self.clear_generation(here, skip, left)
-            interrupt = interrupt or raised
-            try:
-                if waits:
-                    remaining = None if deadline is None else deadline - loop.time()
-                    done, pending = await asyncio.wait(waits, timeout=remaining)
-                    interrupt = interrupt or _raised(done)
-                    if pending:
-                        raise TimeoutError
-                for part, reply in asked:
-                    answer = await answer_of(part.mailbox, reply, deadline)
-                    if answer is None:
-                        did = True  # it stopped or closed: route it again
-                        continue
-                    did = did or answer[0]
-                    interrupt = interrupt or answer[1]
-            except TimeoutError:
-                raise TimeoutError(
-                    f"{operation}: timed out after {timeout}s with keys still being "
-                    f"finalized or created: {self.keys_left()}"
-                ) from None
-            if not did:
-                break
-        if left:
-            self.report_left(operation, left)
-        if interrupt is not None:
-            raise interrupt
-
-    def clear_generation(
-        self,
-        here: Partition[K, T],
-        skip: tuple[InsideOf, ...],
-        left: set[Partition[K, T]],
-    ) -> tuple[
-        bool,
-        list[asyncio.Task[Any]],
-        list[tuple[Partition[K, T], asyncio.Future[Answer]]],
-        BaseException | None,
-    ]:
-        """What one generation of ``clear`` does before it waits.
-
-        Asks every running loop to clear its own partition, leaves a request
-        with every stopped one (added to ``left``, and not asked again),
-        adopts the partitions of closed loops, and clears ``here``. Returns
-        whether it found anything, the jobs here to wait for, the requests
-        to wait for, and a ``BaseException`` a sync finalizer raised (after
-        all of that was done).
-        """
-        work = functools.partial(self.clear_work, skip)
-        asked, stopped, adopted = self.send_all(here, work, left)
-        left.update(stopped)
-        interrupt: BaseException | None = None
-        try:
-            self.adopt(here, adopted)
-        except BaseException as exc:  # a sync finalizer's
-            interrupt = exc
-        try:
-            found, waits = here.clear(skip)
-        except BaseException as exc:  # a sync finalizer's
-            interrupt = interrupt or exc
-            found, waits = True, []
-        return bool(adopted) or found, waits, asked, interrupt
-
-    def report_left(self, operation: str, left: Iterable[Partition[K, T]]) -> None:
-        stopped = [p for p in left if p.mailbox.owner is Owner.LIVE]
-        keys = sorted({repr(k) for p in stopped for k in _keys_of(p.ledger)})
-        if not keys:
-            return
-        level = logging.WARNING if operation == "aclose" else logging.INFO
-        log.log(
-            level,
-            "ttlpool: %s left the entries of %d event loop(s) that are stopped, not "
-            "closed, to those loops: they are finalized when each runs again "
-            "(keys %s); if a loop is closed first, call clear() or aclose() again "
-            "from a running loop to finalize its entries",
-            operation,
-            len(stopped),
-            ", ".join(keys),
-        )
-
-    def keys_left(self) -> str:
-        with self.lock:
-            ledgers = self.ledgers()
-        keys = sorted({repr(k) for ledger in ledgers for k in _keys_of(ledger)})
-        return ", ".join(keys) or "(finalizer tasks)"
-
     # -- the timer --------------------------------------------------------------
 
     def timer_fired(self, part: Partition[K, T]) -> list[FinalizationTask]:
@@ -456,37 +328,6 @@ class Partitions(Generic[K, T]):
         if self.shared is not None:
             return [self.shared]
         return [part.ledger for part in self.all.values()]
-
-
-def _keys_of(ledger: Ledger[Any, Any]) -> list[object]:
-    """Every key a ledger holds, creates or finalizes (copies: any thread)."""
-    return [
-        *ledger.entries.copy(),
-        *ledger.creating.copy(),
-        *(entry.key for entry in ledger.finalizing.copy()),
-    ]
-
-
-async def _finished(tasks: list[FinalizationTask]) -> bool:
-    await finish(tasks)
-    return True
-
-
-async def _waited(waits: list[asyncio.Task[Any]]) -> bool:
-    done, _ = await asyncio.wait(waits)
-    interrupt = _raised(done)
-    if interrupt is not None:
-        raise interrupt
-    return True
-
-
-def _raised(tasks: Iterable[asyncio.Task[Any]]) -> BaseException | None:
-    """The first ``BaseException`` a finalization job returned (jobs report
-    every ``Exception`` themselves and end quietly)."""
-    for task in tasks:
-        if not task.cancelled() and isinstance(task.result(), BaseException):
-            return cast(BaseException, task.result())
-    return None
 
 
 #: PoolStats totals and the Ledger attributes that count them.

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
+from ttlpool import _clear
 from ttlpool._checks import (
     check_callable,
     check_key,
@@ -24,7 +25,8 @@ from ttlpool._checks import (
     unhashable,
 )
 from ttlpool._core import Entry
-from ttlpool._partition import REAP_SLICE, ErrorHook, Partition, finish
+from ttlpool._jobs import ErrorHook, finish
+from ttlpool._partition import REAP_SLICE, Partition
 from ttlpool._partitions import TOTALS, Partitions
 from ttlpool.clock import Clock, MonotonicClock
 from ttlpool.stats import PoolStats
@@ -301,7 +303,7 @@ class ResourcePool(Generic[K, T]):
         it runs again; this does not wait for it.
         """
         check_key(key, "expire")
-        await self._map.expire(key)
+        await _clear.expire(self._map, key)
 
     async def clear(self, *, timeout: float | None = None) -> None:
         """Finalize every entry of every event loop now, referenced or not.
@@ -321,7 +323,9 @@ class ResourcePool(Generic[K, T]):
         not wait for it. Raises ``TimeoutError`` naming what is left if
         ``timeout`` seconds pass first.
         """
-        await self._map.clear(check_seconds(timeout, "timeout", "clear"), "clear")
+        await _clear.clear(
+            self._map, check_seconds(timeout, "timeout", "clear"), "clear"
+        )
 
     async def aclose(self) -> None:
         """Close the pool for good, then :meth:`clear` it.
@@ -333,7 +337,7 @@ class ResourcePool(Generic[K, T]):
         runs again, and a warning names them. Idempotent.
         """
         self._map.close()
-        await self._map.clear(None, "aclose")
+        await _clear.clear(self._map, None, "aclose")
 
     async def __aenter__(self) -> ResourcePool[K, T]:
         return self
