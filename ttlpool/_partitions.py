@@ -212,15 +212,17 @@ class Partitions(Generic[K, T]):
 
     # -- work that crosses loops -----------------------------------------------
 
-    def release_from_anywhere(self, part: Partition[K, T], entry: Entry[K, T]) -> None:
+    @staticmethod
+    def release_from_anywhere(
+        part: Partition[Any, Any], entry: Entry[Any, Any]
+    ) -> None:
         """Release a lease whose coroutine is being closed, maybe by the
-        garbage collector on any thread: nothing here may await or take the
-        pool's lock. The release goes to the partition's loop; a loop that
-        closed drops it, and whoever adopts the partition evicts the entry."""
-        if asyncio._get_running_loop() is part.loop:
-            self.release_posted(part, entry)
-        else:
-            call_soon_threadsafe(part.loop, self.release_posted, part, entry)
+        garbage collector, on any thread, in the middle of anything (even of
+        a step that holds a lock this release would take): so nothing here
+        awaits or takes a lock. The release is posted to the partition's
+        loop, its own included; a loop that closed drops it, and whoever
+        adopts the partition evicts the entry."""
+        call_soon_threadsafe(part.loop, Partitions.release_posted, part, entry)
 
     @staticmethod
     def release_posted(part: Partition[Any, Any], entry: Entry[Any, Any]) -> None:
