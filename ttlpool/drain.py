@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
+
+from ttlpool._checks import check_seconds
 
 __all__ = ["DrainReport", "drain_tasks"]
 
@@ -62,17 +63,6 @@ class DrainReport:
     def complete(self) -> bool:
         """No task was left behind."""
         return not self.left
-
-
-def _check_timeout(value: object, name: str) -> float | None:
-    """A non-negative number of seconds, or ``None``/``inf`` for no bound."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds (or None), not {value!r}")
-    return None if math.isinf(value) else float(value)
 
 
 def _describe_task(task: asyncio.Task[Any]) -> str:
@@ -109,7 +99,7 @@ async def drain_tasks(
 
     Returns a :class:`DrainReport`.
     """
-    budget = _check_timeout(timeout, "timeout")
+    budget = check_seconds(timeout, "timeout", "drain_tasks")
     loop = asyncio.get_running_loop()
     spared = set(exclude)
     current = asyncio.current_task(loop)

@@ -87,6 +87,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Hash
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from ttlpool._checks import check_seconds
 from ttlpool._worker_loop import (
     _Call,
     _LeaseRequest,
@@ -96,7 +97,6 @@ from ttlpool._worker_loop import (
     _WorkerLoop,
 )
 from ttlpool.clock import TimerCallback
-from ttlpool.drain import _check_timeout
 from ttlpool.errors import PoolClosedError
 from ttlpool.pool import ResourcePool
 from ttlpool.stats import PoolStats
@@ -230,8 +230,9 @@ class WorkerLoopPool:
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
         name: str = "ttlpool-worker",
     ) -> None:
-        self._drain_timeout = _check_timeout(drain_timeout, "drain_timeout")
-        self._join_timeout = _check_timeout(join_timeout, "join_timeout")
+        where = "WorkerLoopPool()"
+        self._drain_timeout = check_seconds(drain_timeout, "drain_timeout", where)
+        self._join_timeout = check_seconds(join_timeout, "join_timeout", where)
         if loop_factory is not None and not callable(loop_factory):
             raise TypeError(
                 f"loop_factory must be callable or None, not {loop_factory!r}"
@@ -431,7 +432,7 @@ class WorkerLoopPool:
         on in the background. Idempotent; every dispatch after it raises
         :class:`~ttlpool.PoolClosedError`.
         """
-        bound = _check_timeout(timeout, "timeout")
+        bound = check_seconds(timeout, "timeout", "stop")
         with self._lock:
             self._closed = True
             if not self._stopping:
