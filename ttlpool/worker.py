@@ -1,12 +1,15 @@
 """``WorkerLoopPool``, the public adapter: warm event loops pooled by key.
 
-What lives here: :class:`WorkerLoopPool` and its glue to the pool (the
-pool's factory and finalizer, a clock that arms the pool's idle timer on
-the control loop, the life of the control loop). What it must not know:
-how a loop runs its thread or a call its task (:mod:`ttlpool._worker_loop`,
-which never imports this module), and the pool's insides: it uses
-:class:`~ttlpool.ResourcePool` only through its public API and the
-:class:`~ttlpool.clock.Clock` protocol.
+What lives here: :class:`WorkerLoopPool`, how each dispatch (``run``,
+``run_sync``, ``lease``) gets its worker, and the pool's factory and
+finalizer, which start and retire worker loops. What it must not know:
+how a loop runs its thread or a call its task (:mod:`ttlpool._worker_loop`),
+when the control loop starts, what keeps it alive and how it retires
+(:mod:`ttlpool._control`: this module admits requests to it and reports
+the workers it makes and retires; neither module imports this one), and
+the pool's insides: it uses :class:`~ttlpool.ResourcePool` only through
+its public API, with the :class:`~ttlpool._control.ControlLoop` as its
+:class:`~ttlpool.clock.Clock`.
 
 Theory of operation
 -------------------
@@ -16,17 +19,13 @@ and its daemon thread ``"{name}-{n}"``); the pool's factory starts one, its
 finalizer retires one. Workers are loop-agnostic, so the pool shares its
 entries across loops (``per_loop=False``).
 
-*The control loop* (a ``_WorkerLoop`` on ``"{name}-control"``) hosts what
-must not depend on a caller's loop: the pool's idle timer, whichever loop
-released the worker (so an idle worker is reaped after the loop that used
-it has closed, and its teardown is never cut off by that loop's shutdown),
-and the leases of ``run_sync`` and ``lease`` callers, who may have no loop.
-
-*A dispatch* admits its request to the control loop (starting one if there
-is none) and keeps it there until its lease is released. ``run`` leases
-straight from the caller's loop (a pool hit: no thread hop); ``run_sync``
-and ``lease`` are served by a task on the control loop that holds the
-lease while the worker runs the call or the caller holds the loop.
+*A dispatch* admits its request to the control loop (which starts one if
+there is none) and keeps it there until its lease is released. ``run``
+leases straight from the caller's loop (a pool hit: no thread hop);
+``run_sync`` and ``lease`` are served by a task on the control loop that
+holds the lease while the worker runs the call or the caller holds the
+loop. The pool's idle timer lives on the control loop too, so reaping
+never depends on a caller's loop staying alive.
 
 *Cancellation.* Cancelling a ``run`` cancels the task on the worker and
 waits for it to unwind, as ``asyncio.TaskGroup`` does; a second
@@ -40,36 +39,17 @@ call and drains; its thread closes its loop and signals the finalizer,
 which waits for that without blocking. The pool takes an entry out before
 finalizing it, so a dispatch during a teardown gets a fresh worker at once.
 
-*The control loop retires itself* once no request is admitted, no worker is
-alive (in the pool, being made, or being torn down) and no pool timer is
-pending. Whatever ends the last of these posts a check to the control
-loop, which, under ``_lock``, retires it and sets ``_control`` to ``None``
-in one step. A dispatch admits its request under the same lock: it comes
-first and the check keeps the loop, or it finds no control loop (or one
-that admits nothing) and starts a new one. It never gets a dead one.
-
-*Stop* closes the pool on the control loop (every worker retires, in-flight
-work is cancelled), retires the control loop, and waits for every control
-thread, including one still retiring by itself.
+*Stop* closes the pool on the control loop (every worker retires,
+in-flight work is cancelled); then the control loop retires and its
+threads are waited for (:meth:`~ttlpool._control.ControlLoop.stop`).
 
 State that two threads reach
 ----------------------------
 
-``WorkerLoopPool``
-    ``_control``, ``_controls``, ``_live_workers``, ``_pending_timers``,
-    ``_closed``, ``_stopping``, ``_threads``, ``_numbers``: any thread,
-    under ``_lock``. (The end of a dispatch reads ``_live_workers`` and
-    ``_pending_timers`` without it, as hints: the retirement check reads
-    them again under it.) ``_lock`` comes before any ``_WorkerLoop._lock``
-    and guards bookkeeping only: never held across an ``await`` or while
-    user code runs.
-    ``_serving``: control-loop threads only. A serve task leaves it before
-    its request leaves the control loop, so a retiring control loop's
-    thread is done with it before the next control loop can start.
-``_ControlTimer``
-    ``_over``, ``_handle``, ``_control``: the control loop's thread (arming,
-    firing) and the thread that cancels. Each checks ``_over`` first: a
-    timer cancelled before it fires never runs its callback.
+``WorkerLoopPool`` has none of its own: its attributes are set at
+construction and only read after. What changes lives in the
+``ControlLoop`` (under its lock), in the pool (under its own rules) and in
+the requests (:mod:`ttlpool._worker_loop`).
 """
 
 from __future__ import annotations
@@ -77,26 +57,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
-import os
 import threading
-import time
-import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Hashable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from ttlpool._checks import check_seconds
+from ttlpool._control import EXIT_GRACE, ControlLoop
 from ttlpool._worker_loop import (
     _Call,
     _LeaseRequest,
     _LoopWaiter,
-    _Request,
     _wake_soon,
     _WorkerLoop,
 )
-from ttlpool.clock import TimerCallback
 from ttlpool.errors import PoolClosedError
 from ttlpool.pool import ResourcePool
 from ttlpool.stats import PoolStats
@@ -109,85 +84,10 @@ log = logging.getLogger("ttlpool")
 
 #: The key of ``run``, ``run_sync`` and ``lease`` when none is given.
 DEFAULT_KEY = "worker"
-#: How long a thread that signalled its exit may take to end, at most.
-_EXIT_GRACE = 5.0
 
 
 def _released_by_caller() -> None:
     """``run`` releases its lease itself, on the caller's loop."""
-
-
-class _ControlTimer:
-    """A pool timer, armed on the control loop whichever loop asked for it."""
-
-    __slots__ = ("_callback", "_control", "_handle", "_on_over", "_over", "_when")
-
-    def __init__(
-        self,
-        when: float,
-        callback: TimerCallback,
-        on_over: Callable[[_ControlTimer], object],
-    ) -> None:
-        self._when = when
-        self._callback = callback
-        self._on_over = on_over
-        self._over = False  # fired or cancelled
-        self._control: _WorkerLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
-
-    def arm(self, control: _WorkerLoop) -> None:
-        """On ``control``'s loop: wake up at the deadline."""
-        if not self._over:
-            self._control = control
-            delay = max(0.0, self._when - time.monotonic())
-            self._handle = control.loop.call_later(delay, self._fire)
-
-    def _fire(self) -> None:
-        if self._over:
-            return
-        self._over = True
-        try:
-            self._callback()
-        finally:
-            self._on_over(self)
-
-    def cancel(self) -> None:
-        if self._over:
-            return
-        self._over = True
-        handle, control = self._handle, self._control
-        if handle is not None and control is not None:
-            control.post(handle.cancel)  # a retiring loop drops it anyway
-        self._on_over(self)
-
-
-class _ControlClock:
-    """The pool's clock: ``time.monotonic``, with every timer on the control
-    loop, whichever loop's release armed it."""
-
-    __slots__ = ("_workers",)
-
-    now = staticmethod(time.monotonic)
-
-    def __init__(self, workers: WorkerLoopPool) -> None:
-        self._workers = workers
-
-    def call_at(
-        self, loop: asyncio.AbstractEventLoop, when: float, callback: TimerCallback
-    ) -> _ControlTimer:
-        return self._workers._arm_timer(when, callback)
-
-
-_POOLS: weakref.WeakSet[WorkerLoopPool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for pool in list(_POOLS):
-        pool._forget_threads(forked=True)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class WorkerLoopPool:
@@ -241,6 +141,7 @@ class WorkerLoopPool:
             raise TypeError(f"name must be a str, not {name!r}")
         self._loop_factory = loop_factory
         self._name = name
+        self._control_loop = ControlLoop(name, self._drain_timeout, self._join_timeout)
         # run() leases straight from the caller's loop and run_sync/lease
         # from the control loop, so the (loop-agnostic) workers are shared
         # across loops; the idle timer always lives on the control loop, so
@@ -250,42 +151,8 @@ class WorkerLoopPool:
             finalizer=self._retire_worker,
             ttl=ttl,
             per_loop=False,
-            clock=_ControlClock(self),
+            clock=self._control_loop,
         )
-        self._forget_threads()
-        _POOLS.add(self)
-
-    def _forget_threads(self, forked: bool = False) -> None:
-        """Start with no thread: at construction, and in a forked child.
-
-        In a child, the parent's loops run on threads the child does not
-        have: each is disowned, so that nothing in the child posts to it,
-        waits for it or blocks on a lock the fork caught held. (Nothing in
-        the child waits for their dispatches either: their callers' threads
-        stayed in the parent, and asyncio refuses to go on running a loop
-        inherited from the parent.)
-        """
-        parents = [*self._controls, *self._live_workers] if forked else []
-        self._lock = threading.Lock()
-        #: The control loop that admits dispatches, or None.
-        self._control: _WorkerLoop | None = None
-        #: Every control loop whose thread has not ended (``_control`` and
-        #: any still retiring), for ``stop`` to wait for.
-        self._controls: set[_WorkerLoop] = set()
-        #: Workers made by the factory whose teardown has not ended.
-        self._live_workers: set[_WorkerLoop] = set()
-        #: Pool timers armed on a control loop that have not fired.
-        self._pending_timers: set[_ControlTimer] = set()
-        self._closed = False
-        self._stopping = False
-        self._numbers = itertools.count(1)
-        #: Every thread started, to name those alive if stop times out.
-        self._threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
-        #: Control tasks serving a run_sync or lease request.
-        self._serving: set[asyncio.Task[None]] = set()
-        self._shutdown_task: asyncio.Task[None] | None = None
-        for loop in parents:
-            loop.disown_after_fork()
 
     # -- public API ------------------------------------------------------------
 
@@ -302,7 +169,7 @@ class WorkerLoopPool:
     @property
     def closed(self) -> bool:
         """``stop`` was called: every later dispatch raises."""
-        return self._closed
+        return self._control_loop.closed
 
     @property
     def stats(self) -> PoolStats:
@@ -336,7 +203,7 @@ class WorkerLoopPool:
                 call.attach(worker, _released_by_caller)
                 result: T = await self._outcome(call, waiter)
         finally:
-            self._end_dispatch(control, call)
+            self._control_loop.end_dispatch(control, call)
         return result
 
     async def _outcome(self, call: _Call, waiter: _LoopWaiter) -> Any:
@@ -433,22 +300,9 @@ class WorkerLoopPool:
         :class:`~ttlpool.PoolClosedError`.
         """
         bound = check_seconds(timeout, "timeout", "stop")
-        with self._lock:
-            self._closed = True
-            if not self._stopping:
-                self._stopping = True
-                # Workers live only while a control loop does: with none,
-                # there is nothing to close but control loops still retiring.
-                if self._control is not None or self._live_workers:
-                    self._admit_locked(None, self._shutdown_soon)
-            controls = list(self._controls)
-        grace = _EXIT_GRACE if bound is None else min(bound, _EXIT_GRACE)
-        ended = await asyncio.gather(*(c.wait_ended(bound, grace) for c in controls))
-        if all(ended):
+        if await self._control_loop.stop(self._close_pool, bound):
             return
-        with self._lock:
-            threads = list(self._threads)
-        alive = sorted(t.name for t in threads if t.is_alive())
+        alive = self._control_loop.alive_thread_names()
         raise TimeoutError(
             f"stop: timed out after {timeout}s with threads of {self._name!r} "
             f"still running: {', '.join(alive)}"
@@ -466,14 +320,14 @@ class WorkerLoopPool:
         await self.stop()
 
     def __repr__(self) -> str:
-        state = "stopped" if self._closed else "running"
+        state = "stopped" if self.closed else "running"
         stats = self._pool.stats
         return (
             f"<WorkerLoopPool {self._name!r} {state} loops={stats.total_entries} "
             f"busy={stats.referenced_entries} ttl={self._pool.ttl}>"
         )
 
-    # -- the control loop's life -------------------------------------------------
+    # -- dispatches ------------------------------------------------------------
 
     def _begin_dispatch(
         self,
@@ -484,118 +338,26 @@ class WorkerLoopPool:
     ) -> _WorkerLoop:
         """Admit ``request`` to a control loop, starting one if needed.
 
-        With ``serve``, a control task then leases ``key``'s worker for it.
-        The request stays admitted until :meth:`_end_dispatch`, which keeps
-        that control loop from retiring meanwhile. Raises once stopped.
+        With ``serve``, a control task then leases ``key``'s worker for it,
+        and the dispatch ends with that task. Without, the caller ends it
+        with ``ControlLoop.end_dispatch``, which keeps that control loop
+        from retiring meanwhile. Raises once stopped.
         """
         try:
             hash(key)
         except TypeError:
             raise TypeError(f"{operation}: key {key!r} is unhashable") from None
-        start = functools.partial(self._serve_soon, key, request) if serve else None
-        with self._lock:
-            if self._closed:
-                raise PoolClosedError(
-                    f"{operation}: WorkerLoopPool {self._name!r} is stopped "
-                    f"(key {key!r})"
-                )
-            return self._admit_locked(request, start)
-
-    def _admit_locked(
-        self,
-        request: _Request | None,
-        start: Callable[[_WorkerLoop], object] | None,
-    ) -> _WorkerLoop:
-        """Under ``_lock``: admit to the control loop, or to a new one if
-        there is none or it no longer admits (retiring, or its thread died).
-        ``start(control)`` then runs on that loop."""
-        while True:
-            control = self._control
-            if control is None or control.retiring:
-                control = self._control = self._start_control()
-            posted = None if start is None else functools.partial(start, control)
-            if control.admit(request, posted):
-                return control
-
-    def _start_control(self) -> _WorkerLoop:
-        """Under ``_lock``: a new control loop on its thread."""
-        control = _WorkerLoop(
-            asyncio.new_event_loop(),
-            f"{self._name}-control",
-            self._drain_timeout,
-            self._join_timeout,
-        )
-        control.start()
-        self._threads.add(control.thread)
-        self._controls.add(control)
-        control.add_exit_callback(functools.partial(self._control_ended, control))
+        work = functools.partial(self._serve, key, request) if serve else None
+        control = self._control_loop.begin_dispatch(request, work)
+        if control is None:
+            raise PoolClosedError(
+                f"{operation}: WorkerLoopPool {self._name!r} is stopped (key {key!r})"
+            )
         return control
 
-    def _control_ended(self, control: _WorkerLoop) -> None:
-        """On the control thread, its loop closed."""
-        with self._lock:
-            self._controls.discard(control)
-            if self._control is control:  # it died: the next dispatch starts one
-                self._control = None
-
-    def _end_dispatch(self, control: _WorkerLoop, request: _Request) -> None:
-        """The dispatch is over, its lease released: let ``control`` go."""
-        if control.forget(request) and not self._live_workers:
-            self._check_idle_soon(control)
-
-    def _check_idle_soon(self, control: _WorkerLoop) -> None:
-        if not self._pending_timers:
-            control.post(functools.partial(self._retire_control_if_idle, control))
-
-    def _retire_control_if_idle(self, control: _WorkerLoop) -> None:
-        """On ``control``: retire it if nothing needs it any more."""
-        with self._lock:
-            if (
-                control is not self._control
-                or self._stopping
-                or self._live_workers
-                or self._pending_timers
-            ):
-                return
-            if control.retire_if_idle():  # no request admitted
-                self._control = None
-
-    def _arm_timer(self, when: float, callback: TimerCallback) -> _ControlTimer:
-        """The pool's timer: on the control loop, which it keeps alive."""
-        timer = _ControlTimer(when, callback, self._timer_over)
-        with self._lock:
-            if not self._stopping:
-                self._pending_timers.add(timer)
-                self._admit_locked(None, timer.arm)
-            elif self._control is not None:  # stopping: the pool is closed
-                self._control.post(functools.partial(timer.arm, self._control))
-        return timer
-
-    def _timer_over(self, timer: _ControlTimer) -> None:
-        """A timer fired or was cancelled (any thread)."""
-        with self._lock:
-            self._pending_timers.discard(timer)
-            control = self._control
-            idle = control is not None and not self._live_workers
-        if idle:
-            assert control is not None
-            self._check_idle_soon(control)
-
-    # -- control loop --------------------------------------------------------------
-
-    def _serve_soon(
-        self, key: Hashable, request: _Call | _LeaseRequest, control: _WorkerLoop
-    ) -> None:
-        # Not an eager task: the step of a control task releasing a lease,
-        # woken up before this request was posted, must run before this
-        # task's acquire (a release then a dispatch, in that order).
-        task = control.loop.create_task(self._serve(key, request, control))
-        self._serving.add(task)
-
-    async def _serve(
-        self, key: Hashable, request: _Call | _LeaseRequest, control: _WorkerLoop
-    ) -> None:
-        """Hold a lease of ``key``'s worker for as long as ``request`` runs."""
+    async def _serve(self, key: Hashable, request: _Call | _LeaseRequest) -> None:
+        """On the control loop: hold a lease of ``key``'s worker for as long
+        as ``request`` runs."""
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[None] = loop.create_future()
         try:
@@ -608,27 +370,23 @@ class WorkerLoopPool:
         except BaseException as exc:
             request.fail(exc)
             raise
-        finally:
-            # Out of _serving before the request leaves the control loop,
-            # which may then retire (see the module docstring).
-            self._serving.discard(cast("asyncio.Task[None]", asyncio.current_task()))
-            self._end_dispatch(control, request)
+
+    async def _close_pool(self) -> None:
+        """On the control loop, at ``stop``: every worker retires."""
+        try:
+            await self._pool.aclose()
+        except Exception:
+            log.exception("ttlpool: closing the pool of %r failed", self._name)
+
+    # -- the pool's factory and finalizer ---------------------------------------
 
     def _create_worker(self, key: Hashable) -> _WorkerLoop:
         """The pool's factory: a new loop on a new daemon thread."""
         factory = self._loop_factory or asyncio.new_event_loop
-        with self._lock:
-            number = next(self._numbers)
-        worker = _WorkerLoop(
-            factory(),
-            f"{self._name}-{number}",
-            self._drain_timeout,
-            self._join_timeout,
-        )
+        name = self._control_loop.next_worker_name()
+        worker = _WorkerLoop(factory(), name, self._drain_timeout, self._join_timeout)
         worker.start()
-        with self._lock:
-            self._threads.add(worker.thread)
-            self._live_workers.add(worker)
+        self._control_loop.add_worker(worker)
         return worker
 
     def _retire_worker(self, worker: _WorkerLoop) -> Coroutine[Any, Any, None]:
@@ -641,7 +399,7 @@ class WorkerLoopPool:
         try:
             drain, join = self._drain_timeout, self._join_timeout
             bound = None if drain is None or join is None else drain + join
-            if await worker.wait_ended(bound, _EXIT_GRACE if join is None else join):
+            if await worker.wait_ended(bound, EXIT_GRACE if join is None else join):
                 return
             worker.fail_all_requests(f"worker loop {worker.thread.name} was abandoned")
             log.warning(
@@ -652,30 +410,4 @@ class WorkerLoopPool:
                 "its bounds" if bound is None else f"{bound:g}s",
             )
         finally:
-            self._worker_gone(worker)
-
-    def _worker_gone(self, worker: _WorkerLoop) -> None:
-        """A worker's teardown ended (any thread)."""
-        with self._lock:
-            self._live_workers.discard(worker)
-            control = self._control
-            idle = control is not None and not self._live_workers
-        if idle:
-            assert control is not None
-            self._check_idle_soon(control)
-
-    def _shutdown_soon(self, control: _WorkerLoop) -> None:
-        self._shutdown_task = control.loop.create_task(self._shutdown(control))
-
-    async def _shutdown(self, control: _WorkerLoop) -> None:
-        """Close the pool, let the requests end, then retire the control loop."""
-        try:
-            await self._pool.aclose()
-        except Exception:
-            log.exception("ttlpool: closing the pool of %r failed", self._name)
-        finally:
-            if self._serving:
-                # Every worker is gone, so every request has ended or is
-                # ending; the control loop's drain cancels any straggler.
-                await asyncio.wait(set(self._serving), timeout=self._join_timeout)
-            control.retire()
+            self._control_loop.worker_gone(worker)
