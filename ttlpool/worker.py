@@ -3,13 +3,13 @@
 What lives here: :class:`WorkerLoopPool`, how each dispatch (``run``,
 ``run_sync``, ``lease``) gets its worker, and the pool's factory and
 finalizer, which start and retire worker loops. What it must not know:
-how a loop runs its thread or a call its task (:mod:`ttlpool._worker_loop`),
-when the control loop starts, what keeps it alive and how it retires
-(:mod:`ttlpool._control`: this module admits requests to it and reports
-the workers it makes and retires; neither module imports this one), and
-the pool's insides: it uses :class:`~ttlpool.ResourcePool` only through
-its public API, with the :class:`~ttlpool._control.ControlLoop` as its
-:class:`~ttlpool.clock.Clock`.
+how a loop runs its thread (:mod:`ttlpool._worker_loop`) or a call its
+task (:mod:`ttlpool._requests`); when the control loop starts, what keeps
+it alive and how it retires (:mod:`ttlpool._control`: this module admits
+requests to it and reports the workers it makes and retires; none of
+these modules imports this one); and the pool's insides: it uses
+:class:`~ttlpool.ResourcePool` only through its public API, with the
+:class:`~ttlpool._control.ControlLoop` as its :class:`~ttlpool.clock.Clock`.
 
 Theory of operation
 -------------------
@@ -49,7 +49,7 @@ State that two threads reach
 ``WorkerLoopPool`` has none of its own: its attributes are set at
 construction and only read after. What changes lives in the
 ``ControlLoop`` (under its lock), in the pool (under its own rules) and in
-the requests (:mod:`ttlpool._worker_loop`).
+the requests (:mod:`ttlpool._requests`).
 """
 
 from __future__ import annotations
@@ -65,13 +65,8 @@ from typing import Any, TypeVar, cast
 
 from ttlpool._checks import check_seconds
 from ttlpool._control import EXIT_GRACE, ControlLoop
-from ttlpool._worker_loop import (
-    _Call,
-    _LeaseRequest,
-    _LoopWaiter,
-    _wake_soon,
-    _WorkerLoop,
-)
+from ttlpool._requests import _Call, _LeaseRequest, _LoopWaiter
+from ttlpool._worker_loop import _wake_soon, _WorkerLoop
 from ttlpool.errors import PoolClosedError
 from ttlpool.pool import ResourcePool
 from ttlpool.stats import PoolStats
