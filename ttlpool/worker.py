@@ -333,10 +333,10 @@ class WorkerLoopPool:
     ) -> _WorkerLoop:
         """Admit ``request`` to a control loop, starting one if needed.
 
-        With ``serve``, a control task then leases ``key``'s worker for it,
-        and the dispatch ends with that task. Without, the caller ends it
-        with ``ControlLoop.end_dispatch``, which keeps that control loop
-        from retiring meanwhile. Raises once stopped.
+        With ``serve``, a control task then leases ``key``'s worker for it
+        and the dispatch ends with that task; without, the caller ends it
+        with ``ControlLoop.end_dispatch``. Until then, that control loop
+        does not retire. Raises once stopped.
         """
         try:
             hash(key)
