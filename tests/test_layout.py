@@ -35,6 +35,7 @@ LAYERS = [
     "pool",
     "drain",
     "_worker_loop",
+    "_requests",
     "_control",
     "worker",
     "__init__",

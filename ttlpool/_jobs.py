@@ -15,7 +15,10 @@ which any thread adds to under ``errors_lock``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
@@ -35,6 +38,7 @@ __all__ = [
     "InsideOf",
     "Job",
     "Settings",
+    "context_inside",
     "cycle_message",
     "finish",
     "forget_task",
@@ -133,20 +137,43 @@ class Finalization:
 
     __slots__ = ("awaitable", "entry", "task")
 
-    def __init__(self, entry: Entry[Any, Any]) -> None:
+    def __init__(self, entry: Entry[Any, Any], awaitable: Awaitable[object]) -> None:
         self.entry = entry
-        self.awaitable: Awaitable[object] | None = None
+        self.awaitable = awaitable
         self.task: FinalizationTask | None = None
 
 
 Job = CreationJob | Finalization
-#: What code can run inside of: a creation (its factory) or a finalization.
-InsideOf = Creation[Any, Any] | Finalization
+#: What code can run inside of: a creation (its factory), or the finalization
+#: of an entry (its finalizer).
+InsideOf = Creation[Any, Any] | Entry[Any, Any]
+
+
+def context_inside(marker: InsideOf, awaitable: Awaitable[Any]) -> contextvars.Context:
+    """The context a job runs its awaitable in: the caller's, with
+    ``marker`` added to :data:`INSIDE`.
+
+    A coroutine's body runs there, so whatever it calls knows which job it
+    is inside of. The factory or finalizer *call* itself runs without the
+    marker (setting a context variable costs more than a warm hit, and a
+    sync call has no job to be inside of); a task that such a call started
+    and returned as its awaitable gets the marker in its own context too.
+    """
+    context = contextvars.copy_context()
+    context.run(INSIDE.set, (*INSIDE.get(), marker))
+    if isinstance(awaitable, asyncio.Task):
+        task_context: contextvars.Context | None = getattr(awaitable, "_context", None)
+        if sys.version_info >= (3, 12):
+            task_context = awaitable.get_context()
+        if task_context is not None and task_context is not context:
+            with contextlib.suppress(RuntimeError):  # entered: it is ours
+                task_context.run(INSIDE.set, (*task_context.run(INSIDE.get), marker))
+    return context
 
 
 def inside_of(job: Job) -> InsideOf:
     """What code running in ``job`` is inside of (see :data:`INSIDE`)."""
-    return job.creation if isinstance(job, CreationJob) else job
+    return job.creation if isinstance(job, CreationJob) else job.entry
 
 
 def never_started(task: asyncio.Task[Any]) -> bool:

@@ -55,6 +55,7 @@ from ttlpool._jobs import (
     InsideOf,
     Job,
     Settings,
+    context_inside,
     cycle_message,
     finish,
     forget_task,
@@ -127,22 +128,19 @@ class Partition(Generic[K, T]):
         """Call the factory for ``creation``; an awaitable result is awaited
         in a job. A ``BaseException`` from a sync factory fails the
         creation's waiters and is re-raised."""
-        token = INSIDE.set((*INSIDE.get(), creation))
         try:
             result = self.settings.factory(creation.key)
-            context = contextvars.copy_context() if is_awaitable(result) else None
         except BaseException as exc:
             self.settle(creation, error=exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        finally:
-            INSIDE.reset(token)
-        if context is None:
+        if not is_awaitable(result):
             self.settle(creation, result)
             return
         job = CreationJob(creation, result)
         self.jobs.add(job)
+        context = context_inside(creation, result)
         job.task = start_task(self.loop, self._run_creation(job), context=context)
 
     async def _run_creation(self, job: CreationJob) -> None:
@@ -252,24 +250,18 @@ class Partition(Generic[K, T]):
             if finalizer is None:
                 ledger.finalized(entry, True)
                 continue
-            job = Finalization(entry)
-            token = INSIDE.set((*INSIDE.get(), job))
             try:
                 result = finalizer(entry.resource)
-                awaitable = result if is_awaitable(result) else None
-                context = None if awaitable is None else contextvars.copy_context()
             except BaseException as exc:
                 ledger.finalized(entry, False)
                 raised = self._failed(exc, entry.key)
                 interrupt = interrupt or raised
                 continue
-            finally:
-                INSIDE.reset(token)
-            if awaitable is None:
+            if not is_awaitable(result):
                 ledger.finalized(entry, True)
                 continue
-            job.awaitable = awaitable
-            tasks.append(self._start_finalization(job, context))
+            job = Finalization(entry, result)
+            tasks.append(self._start_finalization(job, context_inside(entry, result)))
         if interrupt is not None:
             raise interrupt
         return tasks
@@ -304,7 +296,6 @@ class Partition(Generic[K, T]):
     async def _run_finalization(self, job: Finalization) -> BaseException | None:
         """Await a finalizer's awaitable; return the ``BaseException`` for
         whoever waits for the job to re-raise (raised here, a
-        KeyboardInterrupt would leave the event loop at once, before the
         other jobs and the bookkeeping of their waiters are done)."""
         assert job.awaitable is not None
         try:

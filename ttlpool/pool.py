@@ -36,9 +36,8 @@ __all__ = ["REAP_SLICE", "ErrorHook", "Resource", "ResourcePool"]
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
-#: A lease's ``_entry`` while its slow path awaits the acquire, and once left.
+#: A lease's ``_entry`` while its slow path awaits the acquire.
 _ENTERING: Any = object()
-_RELEASED: Any = object()
 _get_running_loop = asyncio.get_running_loop
 
 
@@ -53,15 +52,16 @@ class Resource(Generic[T]):
     raises ``RuntimeError``. Leaving never swallows the body's exception.
     """
 
-    # ``_entry``: None (new), _ENTERING, the entry (entered), _RELEASED.
-    # ``_part``: the partition while entered, else None.
+    # ``_entry``: None (new), _ENTERING, then the entry acquired, for good.
+    # ``_part``: unset until entered (one store fewer per lease on the hot
+    # path), the partition while entered, None once left.
     __slots__ = ("_entry", "_key", "_map", "_part")
 
     def __init__(self, partitions: Partitions[Any, T], key: Hashable) -> None:
         self._map = partitions
         self._key = key
         self._entry: Entry[Any, T] | None = None
-        self._part: Partition[Any, T] | None = None
+        self._part: Partition[Any, T] | None
 
     async def __aenter__(self) -> T:
         if self._entry is not None:
@@ -104,23 +104,29 @@ class Resource(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        part = self._part
+        try:
+            part = self._part
+        except AttributeError:  # never entered
+            part = None
         if part is None:
-            done = self._entry is _RELEASED
             raise RuntimeError(
-                f"Cannot release a resource that "
-                f"{'has already been released' if done else 'was not acquired'} "
-                f"(get({self._key!r}): a lease can be left only once, after entering)"
+                "Cannot release a resource that "
+                f"{'has already been released' if self._left() else 'was not acquired'}"
+                f" (get({self._key!r}): a lease can be left only once, after entering)"
             )
-        entry: Entry[Any, T] = self._entry  # type: ignore[assignment]
         self._part = None
-        self._entry = _RELEASED
+        entry: Entry[Any, T] = self._entry  # type: ignore[assignment]
         if exc_type is GeneratorExit:  # its coroutine is being closed: no await
             self._map.release_from_anywhere(part, entry)
             return
         action = part.ledger.release(entry, part.now())
         if action:
-            await finish(part.carry_out(entry, action))
+            tasks = part.carry_out(entry, action)
+            if tasks:  # a sync finalizer leaves nothing to wait for
+                await finish(tasks)
+
+    def _left(self) -> bool:
+        return isinstance(self._entry, Entry) and getattr(self, "_part", 0) is None
 
     def __repr__(self) -> str:
         entry = self._entry
@@ -130,7 +136,7 @@ class Resource(Generic[T]):
             else "entering"
             if entry is _ENTERING
             else "left"
-            if entry is _RELEASED
+            if self._left()
             else "entered"
         )
         return f"<Resource key={self._key!r} {state}>"
@@ -243,7 +249,10 @@ class ResourcePool(Generic[K, T]):
 
         Raises ``TypeError`` at once if ``key`` is unhashable.
         """
-        check_key(key, "get")
+        try:
+            hash(key)  # inline: this is the hot path
+        except TypeError:
+            raise unhashable("get", key) from None
         return Resource(self._map, key)
 
     async def acquire(self, key: K) -> T:
@@ -290,7 +299,9 @@ class ResourcePool(Generic[K, T]):
         except TypeError:
             raise unhashable("release", key) from None
         if entry is not None and action:
-            await finish(part.carry_out(entry, action))
+            tasks = part.carry_out(entry, action)
+            if tasks:
+                await finish(tasks)
 
     async def expire(self, key: K) -> None:
         """Retire ``key`` in every event loop's entries, draining leases first.
