@@ -22,6 +22,7 @@ import json
 import os
 import select
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -884,6 +885,10 @@ def test_clear_handed_to_a_loop_that_stops_before_running_it_still_finalizes() -
         pool = None  # type: ignore[assignment]
         gc.collect()
     assert not thread.is_alive() and not errors
-    assert len(calls) == 1, "the finalizer never ran"
-    assert stats.finalized == stats.created == 1, stats
+    assert len(calls) == 1, "the finalizer ran never, or twice"
+    # B carried the clear out, then closed without asyncio.run's shutdown:
+    # a finalizer that had started there (from 3.12, tasks start eagerly) is
+    # cut off and reported as abandoned; one that had not started runs here.
+    assert stats.finalized + stats.abandoned == stats.created == 1, stats
+    assert stats.abandoned == (1 if sys.version_info >= (3, 12) else 0), stats
     assert stats.pending_cleanup == 0, stats

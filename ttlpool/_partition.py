@@ -377,13 +377,16 @@ class Partition(Generic[K, T]):
         of)."""
         self.cancel_timer()
         evicted = self.ledger.evict_all()
-        self.finalize(evicted)
+        # Those started now are waited for even if they are done already (a
+        # job that started eagerly may have ended with what to re-raise).
+        started: list[asyncio.Task[Any]] = list(self.finalize(evicted))
         skipped = set(skip)
-        waits = [
+        waits = started + [
             job.task
             for job in list(self.jobs)
             if inside_of(job) not in skipped
             and job.task is not None
+            and job.task not in started
             and not job.task.done()
         ]
         return bool(evicted or waits), waits
@@ -404,7 +407,21 @@ class Partition(Generic[K, T]):
         shared ledger they stay, and its timer, if the dead loop held it, is
         armed here instead.
         """
-        now = self.now()
+        # First the ledger, so that every finalization in flight is the
+        # heir's to settle below.
+        if dead.ledger is self.ledger:
+            lost = CreationLost("the event loop running this creation closed")
+            for creation in self.ledger.fail_creations(dead, lost):
+                for waiter in creation.listeners:
+                    resolve_threadsafe(waiter, None)
+            if dead.timer is not None:  # it held the shared timer
+                dead.cancel_timer()  # (a clock may run it on another loop)
+                if self.ledger.timer_lost(self.now()) is not None:
+                    self.arm()
+            evicted: list[Entry[K, T]] = []
+        else:
+            dead.cancel_timer()
+            evicted = dead.ledger.retire_into(self.ledger)
         restart: list[Finalization] = []
         for job in list(dead.jobs):
             assert job.task is not None
@@ -423,18 +440,8 @@ class Partition(Generic[K, T]):
             elif not started and asyncio.iscoroutine(job.awaitable):
                 job.awaitable.close()  # the factory's coroutine never ran
         dead.jobs.clear()
-        if dead.ledger is self.ledger:
-            lost = CreationLost("the event loop running this creation closed")
-            for creation in self.ledger.fail_creations(dead, lost):
-                for waiter in creation.listeners:
-                    resolve_threadsafe(waiter, None)
-            if dead.timer is not None:  # it held the shared timer
-                dead.cancel_timer()  # (a clock may run it on another loop)
-                if self.ledger.timer_lost(now) is not None:
-                    self.arm()
-            evicted: list[Entry[K, T]] = []
-        else:
-            dead.cancel_timer()
-            evicted = dead.ledger.retire_into(self.ledger)
+        for task in dead.mailbox.busy:  # its answers: the callers route again
+            forget_task(task)
+        dead.mailbox.busy.clear()
         tasks = [self._start_finalization(job, None) for job in restart]
         return tasks + self.finalize(evicted)
