@@ -79,7 +79,10 @@ async def _watch_shutdown(part: Partition[Any, Any]) -> AsyncGenerator[None, Non
     try:
         yield
     finally:
-        if part.mailbox.owner is Owner.LIVE:
+        # Only its loop's shutdown_asyncgens() is news; a generator closed
+        # anywhere else (collected with its partition) has nothing to do.
+        loop = asyncio._get_running_loop()
+        if loop is part.loop and part.mailbox.owner is Owner.LIVE:
             await part.shutting_down()
 
 
