@@ -56,17 +56,6 @@ class SpyClock(ManualClock):
         return super().call_at(loop, when, callback)
 
 
-class Awaitor:
-    """An awaitable that is neither a coroutine nor a future."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-    def __await__(self) -> Generator[Any, None, object]:
-        yield from asyncio.sleep(0).__await__()
-        return self.value
-
-
 async def until(condition: Callable[[], bool]) -> None:
     """Let the loop run until ``condition()`` holds (bounded)."""
 
@@ -80,41 +69,114 @@ async def until(condition: Callable[[], bool]) -> None:
 # -- §1 construction ----------------------------------------------------------
 
 
-def _return_kinds() -> dict[str, Callable[[object], Awaitable[object]]]:
-    async def coroutine(value: object) -> object:
-        await asyncio.sleep(0)
+#: How many loop turns a slow awaitable of the tests below takes to finish.
+TURNS = 5
+
+
+def _after_turns(turns: int, callback: Callable[[], object]) -> None:
+    """Run ``callback`` on the running loop ``turns`` turns from now."""
+    loop = asyncio.get_running_loop()
+
+    def step(left: int) -> None:
+        if left:
+            loop.call_soon(step, left - 1)
+        else:
+            callback()
+
+    loop.call_soon(step, turns - 1)
+
+
+class SlowAwaitor:
+    """An awaitable that is neither a coroutine nor a future: its value is
+    ready only once it has been iterated to the end, ``TURNS`` turns long."""
+
+    def __init__(self, value: object, ended: list[object]) -> None:
+        self.value = value
+        self.ended = ended
+
+    def __await__(self) -> Generator[Any, None, object]:
+        for _ in range(TURNS):
+            yield from asyncio.sleep(0).__await__()
+        self.ended.append(self.value)
+        return self.value
+
+
+def slow_awaitable(kind: str, value: object, ended: list[object]) -> Awaitable[object]:
+    """An awaitable of ``kind`` that ends ``TURNS`` loop turns after it starts
+    and only then appends ``value`` to ``ended``: a pool that does not await
+    it to its end returns before ``ended`` holds ``value``."""
+
+    async def coroutine() -> object:
+        for _ in range(TURNS):
+            await asyncio.sleep(0)
+        ended.append(value)
         return value
 
-    def future(value: object) -> Awaitable[object]:
-        fut = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(fut.set_result, value)
-        return fut
+    if kind == "coroutine":
+        return coroutine()
+    if kind == "task":
+        return asyncio.ensure_future(coroutine())
+    if kind == "future":
+        # Completed by a callback of the test's, TURNS turns from now.
+        future = asyncio.get_running_loop().create_future()
 
-    def task(value: object) -> Awaitable[object]:
-        return asyncio.ensure_future(coroutine(value))
+        def complete() -> None:
+            ended.append(value)
+            future.set_result(value)
 
-    return {"coroutine": coroutine, "future": future, "task": task, "awaitor": Awaitor}
+        _after_turns(TURNS, complete)
+        return future
+    assert kind == "awaitor"
+    return SlowAwaitor(value, ended)
 
 
-@pytest.mark.parametrize("kind", sorted(_return_kinds()))
-async def test_any_awaitable_from_factory_or_finalizer_is_awaited(kind: str) -> None:
-    wrap = _return_kinds()[kind]
-    finalized: list[object] = []
+AWAITABLE_KINDS = ["coroutine", "future", "task", "awaitor"]
 
-    def factory(key: str) -> Awaitable[object]:
-        return wrap(f"made-{key}")
 
-    def finalizer(resource: object) -> Awaitable[object]:
-        async def record() -> None:
-            finalized.append(await wrap(resource))
-
-        return record() if kind == "coroutine" else wrap(finalized.append(resource))
-
-    pool: ResourcePool[str, object] = ResourcePool(factory, finalizer=finalizer, ttl=0)
+@pytest.mark.parametrize("kind", AWAITABLE_KINDS)
+async def test_any_awaitable_from_the_factory_is_awaited_and_its_value_cached(
+    kind: str,
+) -> None:
+    made: list[object] = []
+    pool: ResourcePool[str, object] = ResourcePool(
+        lambda key: slow_awaitable(kind, f"made-{key}", made), ttl=10
+    )
     async with pool.get("k") as resource:
-        assert resource == "made-k"
-    assert finalized == ["made-k"]
-    assert pool.stats.finalized == 1
+        assert made == ["made-k"]  # awaited to its end before the lease began
+        assert resource == "made-k"  # the awaited value, never the awaitable
+    async with pool.get("k") as again:
+        assert again == "made-k"  # a hit hands out the cached value
+    assert made == ["made-k"] and pool.stats.created == 1
+    await pool.aclose()
+
+
+@pytest.mark.parametrize("retire", ["release", "expire", "clear", "reap"])
+@pytest.mark.parametrize("kind", AWAITABLE_KINDS)
+async def test_any_awaitable_from_the_finalizer_is_awaited_before_the_call_returns(
+    kind: str, retire: str
+) -> None:
+    """Each way an entry is retired waits for the finalizer's awaitable to
+    end: the last release (ttl 0), ``expire``, ``clear``, and the idle reap
+    (``ManualClock.advance`` waits for the finalizations the timer started)."""
+    ended: list[object] = []
+    clock = ManualClock()
+    pool: ResourcePool[str, str] = ResourcePool(
+        lambda key: f"made-{key}",
+        finalizer=lambda resource: slow_awaitable(kind, resource, ended),
+        ttl=0 if retire == "release" else 30,
+        clock=clock,
+    )
+    async with pool.get("k"):
+        pass  # with ttl 0, the finalizer is awaited inside this release
+    if retire == "expire":
+        await pool.expire("k")
+    elif retire == "clear":
+        await pool.clear()
+    elif retire == "reap":
+        await clock.advance(30)
+    assert ended == ["made-k"]
+    assert pool.stats.finalized == 1 and len(pool) == 0
+    await pool.aclose()
 
 
 @pytest.mark.parametrize(
