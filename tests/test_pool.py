@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -11,7 +12,6 @@ import pytest
 
 from ttlpool import ResourcePool
 from ttlpool.clock import TimerCallback
-from ttlpool.pool import REAP_SLICE
 from ttlpool.testing import ManualClock
 
 
@@ -567,23 +567,92 @@ async def test_expiry_is_atomic_and_a_new_acquire_never_waits_for_the_finalizer(
     await pool.aclose()
 
 
+#: A batch of expiries far larger than one reap slice.
+BATCH = 2000
+
+
+def _finalizer_runs(log: list[tuple[object, ...]]) -> list[int]:
+    """Lengths of the runs of consecutive finalizer calls in ``log``, which
+    a ticker task broke wherever the loop ran something else."""
+    runs = [0]
+    for event in log:
+        if event[0] == "fin":
+            runs[-1] += 1
+        elif runs[-1]:
+            runs.append(0)
+    return [run for run in runs if run]
+
+
+async def _tick_until(done: asyncio.Event, log: list[tuple[object, ...]]) -> None:
+    """Note each turn of the loop until ``done``."""
+    while not done.is_set():
+        log.append(("tick",))
+        await asyncio.sleep(0)
+
+
+def _assert_reaped_in_slices(
+    pool: ResourcePool[Any, Any], log: list[tuple[object, ...]]
+) -> None:
+    runs = _finalizer_runs(log)
+    assert sum(runs) == BATCH and pool.stats.expired == BATCH and len(pool) == 0
+    # Other work ran between slices: no run is near the whole batch (any
+    # slice up to a quarter of it passes).
+    assert len(runs) >= 4 and max(runs) <= BATCH // 4, runs
+
+
 async def test_reaping_yields_to_the_loop_between_slices() -> None:
-    rec = Recorder()
-    clock = SpyClock()
-    pool = ResourcePool(rec.factory, finalizer=rec.finalizer, ttl=1, clock=clock)
-    count = REAP_SLICE * 3 + 5
-    for key in range(count):
+    """The real clock, the whole batch due when the pool's timer first runs,
+    and a sync finalizer: only the pool's own slicing lets the ticker run
+    between finalizer calls."""
+    ttl = 0.001
+    log: list[tuple[object, ...]] = []
+    done = asyncio.Event()
+    finalized = 0
+
+    def finalizer(key: object) -> None:
+        nonlocal finalized
+        log.append(("fin", key))
+        finalized += 1
+        if finalized == BATCH:
+            done.set()
+
+    pool = ResourcePool(lambda key: key, finalizer=finalizer, ttl=ttl)
+    leases = [pool.get(key) for key in range(BATCH)]
+    for lease in leases:
+        await lease.__aenter__()
+    for lease in leases:
+        await lease.__aexit__(None, None, None)
+    # Keep the loop from running until every idle deadline has passed (the
+    # pool's clock is time.monotonic): the whole batch is due at once.
+    all_due = time.monotonic() + ttl
+    while time.monotonic() < all_due:
+        pass
+    assert pool.stats.idle_entries == BATCH, "reaped before the batch was due"
+    ticker = asyncio.create_task(_tick_until(done, log))
+    await asyncio.wait_for(done.wait(), timeout=10)
+    await ticker
+    _assert_reaped_in_slices(pool, log)
+
+
+async def test_reaping_on_a_manual_clock_yields_to_the_loop_between_slices() -> None:
+    """The same with ``ManualClock.advance`` and an async finalizer: the
+    clock waits for each slice's finalizers, letting the loop run."""
+    log: list[tuple[object, ...]] = []
+    clock = ManualClock()
+
+    async def finalizer(key: object) -> None:
+        log.append(("fin", key))
+
+    pool = ResourcePool(lambda key: key, finalizer=finalizer, ttl=1, clock=clock)
+    for key in range(BATCH):
         async with pool.get(key):
             pass
-    clock._now += 1  # every entry is now due; fire the timers one by one
-    slices = []
-    while clock._timers:
-        _, _, timer = clock._timers.pop(0)
-        if not timer.cancelled:
-            timer.callback()
-            slices.append(len(rec.finalized))
-    assert slices == [REAP_SLICE, 2 * REAP_SLICE, 3 * REAP_SLICE, count]
-    assert pool.stats.expired == count
+    done = asyncio.Event()
+    ticker = asyncio.create_task(_tick_until(done, log))
+    await clock.advance(1)
+    done.set()
+    await ticker
+    _assert_reaped_in_slices(pool, log)
 
 
 async def test_max_idle_evicts_the_least_recently_released_first() -> None:
