@@ -266,26 +266,82 @@ def test_asyncio_run_twice_finalizes_the_first_runs_idle_entries(
     assert_drained(pool, rec)
 
 
+class _SteppedTimer:
+    __slots__ = ("callback", "cancelled", "handle", "loop", "when")
+
+    def __init__(self, when: float, loop: Loop, callback: Callable[[], object]):
+        self.when = when
+        self.loop = loop
+        self.callback = callback
+        self.cancelled = False
+        self.handle: asyncio.Handle | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.handle is not None:
+            self.handle.cancel()
+
+
+class _SteppedClock:
+    """Time moves only when a test says so (``advance``). A due timer runs
+    on its own loop at that loop's next turn, as ``call_later`` would; a
+    timer whose loop closed dies with it, as a real one does.
+
+    (``ManualClock.advance`` cannot stand in: it raises on a timer armed
+    on a loop that has closed since.)
+    """
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self._lock = threading.Lock()
+        self._waiting: list[_SteppedTimer] = []
+
+    def now(self) -> float:
+        return self.time
+
+    def call_at(
+        self, loop: Loop, when: float, callback: Callable[[], object]
+    ) -> _SteppedTimer:
+        timer = _SteppedTimer(when, loop, callback)
+        with self._lock:
+            self._waiting.append(timer)
+        self._start_due()
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+        self._start_due()
+
+    def _start_due(self) -> None:
+        with self._lock:
+            due = [t for t in self._waiting if t.when <= self.time]
+            self._waiting = [t for t in self._waiting if t.when > self.time]
+        for timer in due:
+            if not timer.cancelled and not timer.loop.is_closed():
+                timer.handle = timer.loop.call_soon_threadsafe(timer.callback)
+
+
 def test_asyncio_run_twice_with_shared_entries_reuses_them_and_keeps_reaping() -> None:
     """Shared across loops, the first run's idle entry is handed out again
     in the second run, and its idle deadline still fires although the timer
     that was armed for it died with the first loop."""
-    rec = Recorder()
-    ttl = 0.5
-    pool = new_pool(rec, ttl=ttl, per_loop=False)
+    rec, clock = Recorder(), _SteppedClock()
+    ttl = 30
+    pool = new_pool(rec, ttl=ttl, per_loop=False, clock=clock)
 
     async def lease(key: str) -> Res:
         async with pool.get(key) as res:
             return res
 
     first = asyncio.run(lease("k"))
-    # The first loop's run takes far less than ttl; if it did not, "k" was
-    # reaped on it and the identity check below would say so.
+    assert first.loop.is_closed() and pool.stats.idle_entries == 1
 
     async def second_run() -> None:
-        assert await lease("k") is first
+        assert await lease("k") is first  # no time passed: still warm
         await lease("other")
+        clock.advance(ttl)  # both idle deadlines pass
         await _until(lambda: len(pool) == 0, "the idle entries to expire")
+        assert pool.stats.expired == 2
         await asyncio.wait_for(pool.aclose(), TIMEOUT)
 
     asyncio.run(second_run())
@@ -801,7 +857,7 @@ def test_shared_aclose_does_not_wait_for_tasks_a_closed_loop_left() -> None:
 
     async def slow_finalizer(res: Res) -> None:
         rec.note_finalize(res)
-        await asyncio.sleep(0.05)  # longer than what is left of the loop
+        await asyncio.get_running_loop().create_future()  # never ends by itself
 
     pool: ResourcePool[str, Res] | None = ResourcePool(
         rec.factory, finalizer=slow_finalizer, ttl=1, clock=clock, per_loop=False

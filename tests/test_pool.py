@@ -455,8 +455,9 @@ async def test_when_every_waiter_is_cancelled_the_resource_still_enters_the_pool
     await asyncio.gather(*waiters, return_exceptions=True)
     assert pool.stats.creating == 1
     made.pending["k"].set_result("resource")
-    for _ in range(3):
-        await asyncio.sleep(0)
+    # Until the creation has settled: idle, or finalized with ttl 0.
+    settled = "idle_entries" if ttl else "finalized"
+    await until(lambda: getattr(pool.stats, settled) == 1)
     assert pool.stats.creating == 0 and pool.stats.referenced_entries == 0
     if ttl:
         assert pool.stats.idle_entries == 1 and finalized == []
@@ -473,7 +474,13 @@ async def test_a_waiter_cancelled_after_its_creation_finished_gives_back_its_ref
     waiters = [asyncio.create_task(pool.acquire("k")) for _ in range(2)]
     await asyncio.sleep(0)
     made.pending["k"].set_result("resource")
-    await asyncio.sleep(0)  # the creation finishes and wakes both waiters up...
+    # The creation finishes and wakes both waiters up (spinning right here,
+    # not in a task of its own, so the test sees the very turn it happens)...
+    for _ in range(1000):
+        if pool.stats.creating == 0:
+            break
+        await asyncio.sleep(0)
+    assert pool.stats.creating == 0 and not any(w.done() for w in waiters)
     waiters[0].cancel()  # ...and one is cancelled before it resumes
     outcomes = await asyncio.gather(*waiters, return_exceptions=True)
     assert isinstance(outcomes[0], asyncio.CancelledError) and outcomes[1] == "resource"
