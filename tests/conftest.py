@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import pytest
+
+#: Set to 1 by .ci/run, which installs the ``bench`` extra: a test that needs
+#: one of its packages then fails where the package is missing, instead of
+#: skipping, so that a green run means the test ran.
+REQUIRE_BENCH = os.environ.get("TTLPOOL_REQUIRE_BENCH") == "1"
+
+BenchExtra = Callable[..., ModuleType]
 
 
 def _stray_threads(before: set[threading.Thread]) -> list[threading.Thread]:
@@ -46,3 +57,35 @@ async def no_pending_tasks() -> object:
         await asyncio.sleep(0)
     pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
     assert not pending, f"test left tasks pending: {pending}"
+
+
+@pytest.fixture
+def bench_extra() -> BenchExtra:
+    """``bench_extra(module, python=(3, 11))`` imports a module of the ``bench``
+    extra (wool, matplotlib, uvloop, anyio, asgiref).
+
+    Where it does not import, the test is skipped, saying so, unless
+    ``TTLPOOL_REQUIRE_BENCH=1``, where the test fails. ``python`` is the
+    oldest Python the package installs on (wool needs 3.11; see the markers
+    of the extra in pyproject.toml): below it the test is skipped either way.
+    """
+
+    def load(module: str, *, python: tuple[int, int] = (3, 10)) -> ModuleType:
+        if sys.version_info < python:
+            pytest.skip(
+                f"{module} does not install on Python < {python[0]}.{python[1]}"
+            )
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            if REQUIRE_BENCH:
+                pytest.fail(
+                    f"{module} does not import ({exc}), and TTLPOOL_REQUIRE_BENCH=1 "
+                    "says the bench extra is installed"
+                )
+            pytest.skip(
+                f"{module} does not import ({exc}): "
+                "pip install -e '.[test,bench]' to run this test"
+            )
+
+    return load

@@ -1099,22 +1099,16 @@ WOOL_STYLE_OBSERVATIONS: list[object] = [
 ]
 
 
-def _ttlpool_class() -> Any:
-    return ResourcePool
-
-
-def _wool_class() -> Any:
-    resourcepool = pytest.importorskip("wool.runtime.resourcepool")
-    return resourcepool.ResourcePool
-
-
-@pytest.mark.parametrize(
-    "pool_class", [_ttlpool_class, _wool_class], ids=["ttlpool", "wool"]
-)
+@pytest.mark.parametrize("implementation", ["ttlpool", "wool"])
 async def test_a_wool_style_program_observes_the_same_on_both_pools(
-    pool_class: Callable[[], Any],
+    implementation: str, bench_extra: Callable[..., Any]
 ) -> None:
-    observed = await wool_style_program(pool_class())
+    if implementation == "wool":
+        wool = bench_extra("wool.runtime.resourcepool", python=(3, 11))
+        pool_class: Any = wool.ResourcePool
+    else:
+        pool_class = ResourcePool
+    observed = await wool_style_program(pool_class)
     assert observed == WOOL_STYLE_OBSERVATIONS
 
 
