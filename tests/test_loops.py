@@ -849,35 +849,43 @@ def test_idle_deadline_passing_as_asyncio_run_ends_settles_the_finalizer(
     assert stats.finalizer_errors == 0
 
 
-def test_shared_aclose_does_not_wait_for_tasks_a_closed_loop_left() -> None:
-    """An idle deadline passes while ``asyncio.run`` shuts down, after it
-    cancelled the loop's tasks: the finalizer it starts is left pending
-    when the loop closes. ``aclose`` from another loop still completes."""
-    rec, clock = Recorder(), _JumpClock(delay=2)
+def test_a_finalizer_cut_off_by_a_loop_closed_without_shutdown_is_abandoned() -> None:
+    """A loop closed without ``asyncio.run``'s shutdown (no
+    ``shutdown_asyncgens()``) while a finalizer its idle timer started is
+    suspended there: the finalizer is cut off. ``aclose`` from another loop
+    does not wait for it, counts it as abandoned (not finalized, never run
+    again) and leaves nothing pending."""
+    rec, clock = Recorder(), _JumpClock(delay=1)
 
     async def slow_finalizer(res: Res) -> None:
         rec.note_finalize(res)
         await asyncio.get_running_loop().create_future()  # never ends by itself
 
-    pool: ResourcePool[str, Res] | None = ResourcePool(
+    pool: ResourcePool[str, Res] = ResourcePool(
         rec.factory, finalizer=slow_finalizer, ttl=1, clock=clock, per_loop=False
     )
-    assert pool is not None
 
     async def last_lease() -> None:
         async with pool.get("k"):
             pass
-        clock.time += 10
+        clock.time += 10  # the deadline passes: the timer starts the finalizer
+        while not rec.finalized:
+            await asyncio.sleep(0)
 
-    asyncio.run(last_lease())
-    assert len(rec.finalized) == 1  # started, then abandoned by its loop
+    loop = asyncio.new_event_loop()
     try:
-        asyncio.run(asyncio.wait_for(pool.aclose(), 2.0))
+        loop.run_until_complete(asyncio.wait_for(last_lease(), TIMEOUT))
+    finally:
+        loop.close()  # with the finalizer suspended: it never runs again
+    try:
+        asyncio.run(asyncio.wait_for(pool.aclose(), TIMEOUT))
     except asyncio.TimeoutError:
         pytest.fail("aclose waited for a task of a closed loop")
-    finally:
-        pool = None
-        gc.collect()  # the abandoned task: "Task was destroyed" logged here
+    stats = pool.stats
+    assert len(rec.finalized) == 1
+    assert (stats.created, stats.finalized, stats.abandoned) == (1, 0, 1), stats
+    assert stats.pending_cleanup == stats.total_entries == 0, stats
+    assert pool.pending_cleanup == {}
 
 
 class _SignallingLoop(asyncio.SelectorEventLoop):

@@ -11,20 +11,16 @@ how work reaches it from other threads (:mod:`ttlpool._handover` does).
 Who touches what. Everything here runs on the partition's own loop, in its
 thread, while the partition is LIVE; after its loop closed, only the one
 partition that adopted it (:meth:`Partition.adopt`, on the adopter's loop)
-touches it. ``jobs`` and ``timer`` follow that rule; ``ledger`` too, unless
-it is a :class:`~ttlpool._core.LockedLedger` shared by every loop, which
-locks itself. ``Settings`` is read-only after the pool is built.
+touches it. ``jobs``, ``timer`` and ``watcher`` follow that rule; ``ledger``
+too, unless it is the ``LockedLedger`` every loop shares, which locks
+itself. ``given_back`` takes appends from any thread (one step each).
 
 Jobs run in tasks: a creation in an ordinary task (a loop that shuts down
 may cut its factory off: nothing is cached then), a finalization in a
 :class:`~ttlpool._aio.FinishingTask` (once started, a finalizer runs to its
 end, and counts as finalized only then). From Python 3.12 both start
-eagerly, so a factory or finalizer that never suspends costs no loop trip.
-
-The context variable :data:`~ttlpool._jobs.INSIDE` lists the jobs the current code runs
-inside of (a factory that calls ``clear``, a finalizer that acquires): a
-call made from inside a job never waits for that job, and an acquire that
-would wait for a creation it is inside of is a cycle, raised as an error.
+eagerly. A job's code knows which job it runs inside of (see
+:data:`~ttlpool._jobs.INSIDE`).
 """
 
 from __future__ import annotations
@@ -38,12 +34,7 @@ import threading
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any, Generic, TypeVar
 
-from ttlpool._aio import (
-    is_awaitable,
-    resolve,
-    resolve_threadsafe,
-    start_task,
-)
+from ttlpool._aio import is_awaitable, resolve, resolve_threadsafe, start_task
 from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
 from ttlpool._handover import Mailbox, Owner
 from ttlpool._jobs import (
@@ -90,6 +81,7 @@ class Partition(Generic[K, T]):
     """One event loop's ledger, idle timer and jobs."""
 
     __slots__ = (
+        "given_back",
         "jobs",
         "ledger",
         "loop",
@@ -116,6 +108,10 @@ class Partition(Generic[K, T]):
         self.jobs: set[Job] = set()
         self.timer: TimerHandle | None = None
         self.watcher: AsyncGenerator[None, None] | None = None
+        #: Leases given back from anywhere (a collected lease), posted to
+        #: this loop and not released yet: appended by any thread, removed
+        #: here; once the loop closed, the adopter releases what is left.
+        self.given_back: list[Entry[K, T]] = []
         #: The thread that made the partition (its loop's, then): for repr.
         self.thread = threading.current_thread().name
 
@@ -355,6 +351,9 @@ class Partition(Generic[K, T]):
         """Arm this loop's timer for the ledger's next deadline, if it has one."""
         deadline = self.ledger.timer_deadline
         if deadline is not None:
+            # One timer per loop: with shared entries, a clear from another
+            # loop empties the ledger's deadline but cannot cancel this one.
+            self.cancel_timer()
             fired = functools.partial(self.settings.timer_fired, self)
             self.timer = self.settings.clock.call_at(self.loop, deadline, fired)
 
@@ -421,6 +420,9 @@ class Partition(Generic[K, T]):
                 dead.cancel_timer()  # (a clock may run it on another loop)
                 if self.ledger.timer_lost(self.now()) is not None:
                     self.arm()
+            given_back, dead.given_back = dead.given_back, []
+            for entry in given_back:  # leases it never got to release
+                self.release_soon(entry)
             evicted: list[Entry[K, T]] = []
         else:
             dead.cancel_timer()

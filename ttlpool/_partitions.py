@@ -219,16 +219,18 @@ class Partitions(Generic[K, T]):
         """Release a lease whose coroutine is being closed, maybe by the
         garbage collector, on any thread, in the middle of anything (even of
         a step that holds a lock this release would take): so nothing here
-        awaits or takes a lock. The release is posted to the partition's
-        loop, its own included; a loop that closed drops it, and whoever
-        adopts the partition evicts the entry."""
+        awaits or takes a lock. The release is noted in the partition's
+        ``given_back`` and posted to its loop, its own included; if that loop
+        closes first, whoever adopts the partition finds it there."""
+        part.given_back.append(entry)  # one step: no thread interleaves it
         call_soon_threadsafe(part.loop, Partitions.release_posted, part, entry)
 
     @staticmethod
     def release_posted(part: Partition[Any, Any], entry: Entry[Any, Any]) -> None:
-        # A loop that shuts down finishes nothing new: the adopter evicts it.
+        # A loop that shuts down finishes nothing new: the adopter does it.
         mailbox = part.mailbox
         if mailbox.owner is Owner.LIVE and not mailbox.closing:
+            part.given_back.remove(entry)
             part.release_soon(entry)
 
     def sweep(self, here: Partition[K, T]) -> bool:
@@ -281,7 +283,8 @@ class Partitions(Generic[K, T]):
         list[Partition[K, T]],
         list[Partition[K, T]],
     ]:
-        """Send ``work`` to the owner of every other partition but ``skip``.
+        """Send ``work`` to the owner of every other partition but ``skip``
+        (those hold it already; one whose loop has closed since is adopted).
 
         Returns the requests to wait for (their loops run), the partitions
         whose loops are stopped (they carry the request out when they run
@@ -295,7 +298,11 @@ class Partitions(Generic[K, T]):
         skipped = set(skip)
         with self.lock:
             for part in list(self.all.values()):
-                if part is here or part in skipped:
+                if part is here:
+                    continue
+                if part in skipped:  # it holds the request already
+                    if part.mailbox.route(loop) is Route.ADOPT:  # closed since
+                        adopted.append(part)
                     continue
                 reply: asyncio.Future[Answer] = loop.create_future()
                 route = part.mailbox.send(
