@@ -466,11 +466,9 @@ class HandoverMachine(RuleBasedStateMachine):
                 except PoolClosedError:
                     assert pool.closed
                     return
-                if isinstance(found, Entry):
-                    entry = found
-                else:  # a sync factory: settled already
-                    assert found.done and found.entry is not None, found
-                    entry = found.entry
+                # A sync factory: begin() settled the creation already.
+                assert isinstance(found, Entry), found
+                entry = found
                 if len(pool._map.all) > 1:
                     self.nothing_closed_left()
         assert entry.live and entry.refs > 0 and entry.key == key

@@ -18,13 +18,8 @@ import asyncio
 import concurrent.futures
 import gc
 import itertools
-import json
 import os
-import select
-import signal
 import threading
-import time
-import traceback
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -32,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests import hammer
+from tests.forked import report_from_child
 from tests.hammer import (
     LONG_TTL,
     SMALL_TTL,
@@ -589,24 +585,6 @@ async def _in_forked_child(pool: ResourcePool[str, Res], rec: Recorder) -> dict:
     return seen
 
 
-def _read_child(pid: int, read_fd: int) -> tuple[bytes, int]:
-    """Read the child's report and reap it, killing it after ``TIMEOUT``."""
-    chunks = []
-    deadline = time.monotonic() + TIMEOUT
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([pipe], [], [], 0.1)
-            if ready:
-                chunk = pipe.read(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    return b"".join(chunks), os.waitstatus_to_exitcode(status)
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 # Python 3.12+ warns about fork() when other threads are alive. This test
 # starts none, and every test of this module joins its threads, but a test
@@ -629,23 +607,7 @@ def test_forked_child_starts_with_an_empty_pool_and_never_finalizes_parents() ->
 
         held, idle = loop.run_until_complete(setup())
         assert len(pool) == 2
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report, then leave without running atexit
-            code = 1
-            try:
-                os.close(read_fd)
-                report = asyncio.run(_in_forked_child(pool, rec))
-                os.write(write_fd, json.dumps(report).encode())
-                code = 0
-            except BaseException:
-                os.write(write_fd, traceback.format_exc().encode())
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        output, exit_code = _read_child(pid, read_fd)
-        assert exit_code == 0, output.decode(errors="replace")
-        seen = json.loads(output)
+        seen = report_from_child(lambda: _in_forked_child(pool, rec), timeout=TIMEOUT)
         assert seen["len"] == 0
         assert seen["total_entries"] == 0
         assert seen["pending_cleanup"] == 0

@@ -12,12 +12,9 @@ import asyncio
 import contextlib
 import contextvars
 import gc
-import json
 import logging
 import os
 import random
-import select
-import signal
 import threading
 import time
 import traceback
@@ -26,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.forked import report_from_child
 from ttlpool.errors import PoolClosedError
 from ttlpool.worker import WorkerLoopPool
 
@@ -689,24 +687,6 @@ async def test_a_lease_request_cancelled_while_its_loop_is_made_leaks_no_lease(
 # -- os.fork() ------------------------------------------------------------------
 
 
-def _read_child(pid: int, read_fd: int) -> tuple[bytes, int]:
-    """The child's report and exit code; the child is killed after ``HANG``."""
-    chunks = []
-    deadline = time.monotonic() + HANG
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([pipe], [], [], 0.1)
-            if ready:
-                chunk = pipe.read(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    return b"".join(chunks), os.waitstatus_to_exitcode(status)
-
-
 async def _in_forked_child(loops: WorkerLoopPool, name: str) -> dict[str, Any]:
     report: dict[str, Any] = {"threads": _alive(name)}
     report["new"] = (await asyncio.wait_for(loops.run(_current_thread), HANG)).name
@@ -746,23 +726,7 @@ def test_a_forked_child_starts_with_no_thread_and_leaves_the_parents_alone() -> 
     caller.start()
     try:
         assert started.wait(HANG), "the call did not start"
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report, then leave without running atexit
-            code = 1
-            try:
-                os.close(read_fd)
-                report = asyncio.run(_in_forked_child(loops, name))
-                os.write(write_fd, json.dumps(report).encode())
-                code = 0
-            except BaseException:
-                os.write(write_fd, traceback.format_exc().encode())
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        output, exit_code = _read_child(pid, read_fd)
-        assert exit_code == 0, output.decode(errors="replace")
-        seen = json.loads(output)
+        seen = report_from_child(lambda: _in_forked_child(loops, name), timeout=HANG)
         assert seen["threads"] == []  # threads do not survive a fork
         assert seen["new"] == f"{name}-1"  # the child numbers its own threads
         assert seen["after_stop"] == []

@@ -144,8 +144,9 @@ class Partitions(Generic[K, T]):
         missed_in: Partition[K, T] | None,
     ) -> tuple[Partition[K, T], Entry[K, T] | Creation[K, T]]:
         """The synchronous start of a slow acquire (new loop, miss, closed
-        pool): a hit, or the creation to wait for, already settled when the
-        factory is sync. ``missed_in``: the partition whose ``hit`` missed."""
+        pool): the entry (a hit, or a creation a sync factory settled at
+        once), or the creation to wait for with :meth:`wait_for`.
+        ``missed_in``: the partition whose ``hit`` missed."""
         part = missed_in
         if part is None or self.closed:
             part = self.partition_for(loop, key, operation)
@@ -159,6 +160,8 @@ class Partitions(Generic[K, T]):
             if len(self.all) > 1:
                 self.sweep(part)
             part.create(found)
+        if isinstance(found, Creation) and found.done and found.entry is not None:
+            return part, found.entry  # no coroutine for a sync factory
         return part, found
 
     async def wait_for(

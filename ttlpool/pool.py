@@ -83,12 +83,9 @@ class Resource(Generic[T]):
                 return entry.resource
         self._entry = _ENTERING
         try:
-            # No coroutine for the slow path when the factory is sync.
             part, found = partitions.begin(key, loop, "get", part)
             if isinstance(found, Entry):
                 entry = found
-            elif found.done and found.entry is not None:
-                entry = found.entry
             else:
                 part, entry = await partitions.wait_for(part, found, key, loop, "get")
         except BaseException:
@@ -272,8 +269,6 @@ class ResourcePool(Generic[K, T]):
             part, found = partitions.begin(key, loop, "acquire", part)
             if isinstance(found, Entry):
                 entry = found
-            elif found.done and found.entry is not None:
-                entry = found.entry
             else:
                 part, entry = await partitions.wait_for(
                     part, found, key, loop, "acquire"
