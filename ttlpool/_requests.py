@@ -34,12 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import inspect
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from ttlpool._aio import as_coroutine, is_awaitable
 from ttlpool._worker_loop import _WorkerLoop
 from ttlpool.errors import PoolClosedError
 
@@ -48,15 +48,9 @@ __all__ = ["_Call", "_LeaseRequest", "_LoopWaiter"]
 T = TypeVar("T")
 
 
-async def _await(awaitable: Awaitable[T]) -> T:
-    return await awaitable
-
-
 def _as_coroutine(value: object, fn: object) -> Coroutine[Any, Any, Any]:
-    if asyncio.iscoroutine(value):
-        return value
-    if inspect.isawaitable(value):
-        return _await(value)
+    if is_awaitable(value):
+        return as_coroutine(value)
     raise TypeError(
         f"run: {fn!r} returned {type(value).__name__}, not an awaitable; "
         "pass a coroutine function"

@@ -4,8 +4,7 @@ What lives here: :class:`_WorkerLoop`, an event loop and the daemon thread
 that runs it until it is retired; it *admits* requests (what must be ended
 if the loop goes away, each a :class:`_Request`) and callbacks until it
 starts retiring, then drains, stops, and its thread closes the loop and
-ends every request still tracked. :func:`_wake_soon`, which completes a
-future from another thread.
+ends every request still tracked.
 
 What it must not know: the pool and the adapter (it imports none of
 :mod:`ttlpool.pool`, :mod:`ttlpool.worker`, :mod:`ttlpool._control`), what
@@ -28,7 +27,6 @@ State that two threads reach
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import sys
@@ -36,25 +34,15 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from ttlpool._aio import resolve_threadsafe
 from ttlpool.drain import drain_tasks
 
-__all__ = ["_Request", "_WorkerLoop", "_wake_soon"]
+__all__ = ["_Request", "_WorkerLoop"]
 
 log = logging.getLogger("ttlpool")
 
 #: How often to look whether a thread that signalled its exit has ended.
 _DEATH_POLL = 0.001
-
-
-def _wake_soon(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
-    """Complete ``future`` from any thread; if its loop closed, nobody waits."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_wake_here, future)
-
-
-def _wake_here(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class _Request(Protocol):
@@ -208,7 +196,7 @@ class _WorkerLoop:
         """
         loop = asyncio.get_running_loop()
         exited: asyncio.Future[None] = loop.create_future()
-        self.add_exit_callback(functools.partial(_wake_soon, loop, exited))
+        self.add_exit_callback(functools.partial(resolve_threadsafe, exited, None))
         done, _ = await asyncio.wait({exited}, timeout=timeout)
         if not done:
             exited.cancel()

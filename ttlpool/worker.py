@@ -63,10 +63,11 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Hash
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from ttlpool._aio import resolve_threadsafe
 from ttlpool._checks import check_seconds
 from ttlpool._control import EXIT_GRACE, ControlLoop
 from ttlpool._requests import _Call, _LeaseRequest, _LoopWaiter
-from ttlpool._worker_loop import _wake_soon, _WorkerLoop
+from ttlpool._worker_loop import _WorkerLoop
 from ttlpool.errors import PoolClosedError
 from ttlpool.pool import ResourcePool
 from ttlpool.stats import PoolStats
@@ -357,7 +358,9 @@ class WorkerLoopPool:
         finished: asyncio.Future[None] = loop.create_future()
         try:
             async with self._pool.get(key) as worker:
-                request.attach(worker, functools.partial(_wake_soon, loop, finished))
+                request.attach(
+                    worker, functools.partial(resolve_threadsafe, finished, None)
+                )
                 await finished
         except Exception as exc:
             if not request.fail(exc):  # the request was over: a release failed
