@@ -462,11 +462,11 @@ class HandoverMachine(RuleBasedStateMachine):
             entry = part.ledger.hit(key) if part is not None else None
             if part is None or entry is None:  # Resource.__aenter__'s slow path
                 try:
-                    part, found = pool._map.begin(key, loop, "acquire", part)
+                    part, found = pool._map.start_acquire(key, loop, "acquire", part)
                 except PoolClosedError:
                     assert pool.closed
                     return
-                # A sync factory: begin() settled the creation already.
+                # A sync factory: start_acquire() settled the creation already.
                 assert isinstance(found, Entry), found
                 entry = found
                 if len(pool._map.all) > 1:
@@ -500,7 +500,7 @@ class HandoverMachine(RuleBasedStateMachine):
         with self.step(cast(FakeLoop, part.loop)):  # Resource.__aexit__
             action = part.ledger.release(entry, part.now())
             if action:
-                assert part.carry_out(entry, action) == []
+                assert part.after_release(entry, action) == []
 
     @precondition(lambda self: self.leases)
     @rule(pick=PICK, where=PICK)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 from ttlpool._core import Ledger
 from ttlpool._handover import Answer, Owner, answer_of
-from ttlpool._jobs import INSIDE, FinalizationTask, InsideOf, finish
+from ttlpool._jobs import INSIDE, FinalizationTask, InsideOf, wait_finalizations
 from ttlpool._partition import Partition
 from ttlpool._partitions import Partitions
 
@@ -46,7 +46,7 @@ async def expire(partitions: Partitions[K, T], key: K) -> None:
         work = functools.partial(_expire_work, key)
         asked, _, adopted = partitions.send_all(here, work)
         tasks += partitions.adopt(here, adopted)
-    await finish(tasks)
+    await wait_finalizations(tasks)
     for part, reply in asked:
         answer = await answer_of(part.mailbox, reply, None)
         if answer is not None and answer[1] is not None:
@@ -156,14 +156,14 @@ def _keys_left(partitions: Partitions[Any, Any]) -> str:
 
 def _expire_work(key: Any, part: Partition[Any, Any]) -> bool | Awaitable[bool]:
     tasks = part.expire(key)
-    return _finished(tasks) if tasks else False
+    return _answer_after_finalizations(tasks) if tasks else False
 
 
 def _clear_work(
     skip: tuple[InsideOf, ...], part: Partition[Any, Any]
 ) -> bool | Awaitable[bool]:
     did, waits = part.clear(skip)
-    return _waited(waits) if waits else did
+    return _answer_after_jobs(waits) if waits else did
 
 
 def _keys_of(ledger: Ledger[Any, Any]) -> list[object]:
@@ -175,12 +175,12 @@ def _keys_of(ledger: Ledger[Any, Any]) -> list[object]:
     ]
 
 
-async def _finished(tasks: list[FinalizationTask]) -> bool:
-    await finish(tasks)
+async def _answer_after_finalizations(tasks: list[FinalizationTask]) -> bool:
+    await wait_finalizations(tasks)
     return True
 
 
-async def _waited(waits: list[asyncio.Task[Any]]) -> bool:
+async def _answer_after_jobs(waits: list[asyncio.Task[Any]]) -> bool:
     done, _ = await asyncio.wait(waits)
     interrupt = _raised(done)
     if interrupt is not None:

@@ -112,7 +112,7 @@ class Request:
         if self.reply is not None:
             resolve_threadsafe(self.reply, (done, error))
 
-    def carry_out(
+    def run_and_answer(
         self, loop: asyncio.AbstractEventLoop, busy: set[asyncio.Task[None]]
     ) -> None:
         """Run the work on ``loop`` (the owner's, running) and answer; a
@@ -162,8 +162,8 @@ class Mailbox:
 
     # -- any thread, under ``lock`` ------------------------------------------
 
-    def route(self, here: asyncio.AbstractEventLoop) -> Route:
-        """How a caller on ``here`` reaches the owner (see the module doc).
+    def route(self, caller_loop: asyncio.AbstractEventLoop) -> Route:
+        """How a caller on ``caller_loop`` reaches the owner (see the module doc).
 
         ``ADOPT`` is answered once: the caller that gets it is the owner
         from then on.
@@ -171,17 +171,17 @@ class Mailbox:
         if self.owner is not Owner.LIVE:
             return Route.GONE
         loop = self.loop
-        if loop is here:
+        if loop is caller_loop:
             return Route.HERE
         if loop.is_closed():
             self.owner = Owner.ADOPTED
             return Route.ADOPT
         return Route.ASK if loop.is_running() else Route.LEAVE
 
-    def send(self, request: Request, here: asyncio.AbstractEventLoop) -> Route:
-        """Route ``request`` from a caller on ``here``; queue it for ``ASK``
+    def send(self, request: Request, caller_loop: asyncio.AbstractEventLoop) -> Route:
+        """Route ``request`` from a caller on ``caller_loop``; queue it for ``ASK``
         and ``LEAVE``. ``HERE``, ``ADOPT`` and ``GONE`` queue nothing."""
-        route = self.route(here)
+        route = self.route(caller_loop)
         if route is Route.ASK or route is Route.LEAVE:
             if not self.posted:
                 if not call_soon_threadsafe(self.loop, self.deliver):
@@ -207,7 +207,7 @@ class Mailbox:
                 return  # a forked child's copy of the loop, or shutting down
             requests = self.take_requests()
         for request in requests:
-            request.carry_out(self.loop, self.busy)
+            request.run_and_answer(self.loop, self.busy)
 
 
 async def answer_of(

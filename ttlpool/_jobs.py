@@ -40,10 +40,10 @@ __all__ = [
     "Settings",
     "context_inside",
     "cycle_message",
-    "finish",
     "forget_task",
     "inside_of",
     "never_started",
+    "wait_finalizations",
 ]
 
 log = logging.getLogger("ttlpool")
@@ -201,7 +201,7 @@ def cycle_message(creation: Creation[Any, Any], inside: tuple[InsideOf, ...]) ->
     )
 
 
-async def finish(tasks: list[FinalizationTask]) -> None:
+async def wait_finalizations(tasks: list[FinalizationTask]) -> None:
     """Wait for finalization jobs, every one of them, even if the caller is
     cancelled meanwhile (they refuse to be cancelled, so its
     ``CancelledError`` comes once they ended); re-raise the first

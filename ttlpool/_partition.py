@@ -48,10 +48,10 @@ from ttlpool._jobs import (
     Settings,
     context_inside,
     cycle_message,
-    finish,
     forget_task,
     inside_of,
     never_started,
+    wait_finalizations,
 )
 from ttlpool.clock import TimerHandle
 
@@ -130,12 +130,12 @@ class Partition(Generic[K, T]):
         try:
             result = self.settings.factory(creation.key)
         except BaseException as exc:
-            self.settle(creation, error=exc)
+            self.creation_ended(creation, error=exc)
             if not isinstance(exc, Exception):
                 raise
             return
         if not is_awaitable(result):
-            self.settle(creation, result)
+            self.creation_ended(creation, result)
             return
         job = CreationJob(creation, result)
         self.jobs.add(job)
@@ -152,16 +152,16 @@ class Partition(Generic[K, T]):
             # Every waiter gets it; the task itself ends quietly, so that a
             # KeyboardInterrupt does not leave the event loop from here.
             self.jobs.discard(job)
-            self.settle(creation, error=exc)
+            self.creation_ended(creation, error=exc)
             if creation.waiters == 0 and isinstance(exc, Exception):
                 self.settings.report(exc, "create", creation.key)  # nobody else
             return
         self.jobs.discard(job)
-        action = self.settle(creation, resource)
+        action = self.creation_ended(creation, resource)
         if action and creation.entry is not None:
-            await finish(self.carry_out(creation.entry, action))
+            await wait_finalizations(self.after_release(creation.entry, action))
 
-    def settle(
+    def creation_ended(
         self,
         creation: Creation[K, T],
         resource: Any = None,
@@ -219,9 +219,9 @@ class Partition(Generic[K, T]):
         release starts (a finalizer runs on in its job)."""
         action = self.ledger.release(entry, self.now())
         if action:
-            self.carry_out(entry, action)
+            self.after_release(entry, action)
 
-    def carry_out(self, entry: Entry[K, T], action: int) -> list[FinalizationTask]:
+    def after_release(self, entry: Entry[K, T], action: int) -> list[FinalizationTask]:
         """Do what a release decided: arm the timer, finalize the entry and
         the entries ``max_idle`` evicted. Returns the finalization jobs."""
         if action & ARM:

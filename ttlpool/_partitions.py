@@ -136,7 +136,7 @@ class Partitions(Generic[K, T]):
 
     # -- acquiring -----------------------------------------------------------
 
-    def begin(
+    def start_acquire(
         self,
         key: K,
         loop: asyncio.AbstractEventLoop,
@@ -178,7 +178,7 @@ class Partitions(Generic[K, T]):
             entry = await part.wait(creation)
             if entry is not None:
                 return part, entry
-            part, found = self.begin(key, loop, operation, None)
+            part, found = self.start_acquire(key, loop, operation, None)
             if isinstance(found, Entry):
                 return part, found
             creation = found

@@ -25,7 +25,7 @@ from ttlpool._checks import (
     unhashable,
 )
 from ttlpool._core import Entry
-from ttlpool._jobs import ErrorHook, finish
+from ttlpool._jobs import ErrorHook, wait_finalizations
 from ttlpool._partition import REAP_SLICE, Partition
 from ttlpool._partitions import TOTALS, Partitions
 from ttlpool.clock import Clock, MonotonicClock
@@ -83,7 +83,7 @@ class Resource(Generic[T]):
                 return entry.resource
         self._entry = _ENTERING
         try:
-            part, found = partitions.begin(key, loop, "get", part)
+            part, found = partitions.start_acquire(key, loop, "get", part)
             if isinstance(found, Entry):
                 entry = found
             else:
@@ -118,9 +118,9 @@ class Resource(Generic[T]):
             return
         action = part.ledger.release(entry, part.now())
         if action:
-            tasks = part.carry_out(entry, action)
+            tasks = part.after_release(entry, action)
             if tasks:  # a sync finalizer leaves nothing to wait for
-                await finish(tasks)
+                await wait_finalizations(tasks)
 
     def _left(self) -> bool:
         return isinstance(self._entry, Entry) and getattr(self, "_part", 0) is None
@@ -266,7 +266,7 @@ class ResourcePool(Generic[K, T]):
         except TypeError:
             raise unhashable("acquire", key) from None
         if part is None or entry is None:
-            part, found = partitions.begin(key, loop, "acquire", part)
+            part, found = partitions.start_acquire(key, loop, "acquire", part)
             if isinstance(found, Entry):
                 entry = found
             else:
@@ -294,9 +294,9 @@ class ResourcePool(Generic[K, T]):
         except TypeError:
             raise unhashable("release", key) from None
         if entry is not None and action:
-            tasks = part.carry_out(entry, action)
+            tasks = part.after_release(entry, action)
             if tasks:
-                await finish(tasks)
+                await wait_finalizations(tasks)
 
     async def expire(self, key: K) -> None:
         """Retire ``key`` in every event loop's entries, draining leases first.
