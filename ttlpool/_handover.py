@@ -125,12 +125,12 @@ class Request:
         if isinstance(outcome, bool):
             self.answer(outcome)
             return
-        task = start_task(loop, self._finish(outcome), finishing=True)
+        task = start_task(loop, self._answer_when_done(outcome), finishing=True)
         if not task.done():
             busy.add(task)
             task.add_done_callback(busy.discard)
 
-    async def _finish(self, outcome: Awaitable[bool]) -> None:
+    async def _answer_when_done(self, outcome: Awaitable[bool]) -> None:
         try:
             done = await outcome
         except BaseException as exc:  # the caller re-raises it
