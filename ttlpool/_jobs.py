@@ -38,8 +38,8 @@ __all__ = [
     "InsideOf",
     "Job",
     "Settings",
-    "context_inside",
     "cycle_message",
+    "enter",
     "forget_task",
     "inside_of",
     "never_started",
@@ -149,26 +149,24 @@ Job = CreationJob | Finalization
 InsideOf = Creation[Any, Any] | Entry[Any, Any]
 
 
-def context_inside(marker: InsideOf, awaitable: Awaitable[Any]) -> contextvars.Context:
-    """The context a job runs its awaitable in: the caller's, with
-    ``marker`` added to :data:`INSIDE`.
+def enter(marker: InsideOf, awaitable: Awaitable[Any]) -> None:
+    """Called first thing in a job's task: from now on the code it runs
+    (the awaitable's) is inside ``marker`` (see :data:`INSIDE`).
 
-    A coroutine's body runs there, so whatever it calls knows which job it
-    is inside of. The factory or finalizer *call* itself runs without the
-    marker (setting a context variable costs more than a warm hit, and a
-    sync call has no job to be inside of); a task that such a call started
-    and returned as its awaitable gets the marker in its own context too.
+    The job's task runs in a copy of its starter's context, so this touches
+    nothing else. The factory or finalizer *call* ran without the marker
+    (setting a context variable costs more than a warm hit, and a sync call
+    has no job to be inside of); a task that the call started and returned
+    as its awaitable runs in a context of its own: it gets the marker too.
     """
-    context = contextvars.copy_context()
-    context.run(INSIDE.set, (*INSIDE.get(), marker))
+    INSIDE.set((*INSIDE.get(), marker))
     if isinstance(awaitable, asyncio.Task):
-        task_context: contextvars.Context | None = getattr(awaitable, "_context", None)
+        context: contextvars.Context | None = getattr(awaitable, "_context", None)
         if sys.version_info >= (3, 12):
-            task_context = awaitable.get_context()
-        if task_context is not None and task_context is not context:
-            with contextlib.suppress(RuntimeError):  # entered: it is ours
-                task_context.run(INSIDE.set, (*task_context.run(INSIDE.get), marker))
-    return context
+            context = awaitable.get_context()
+        if context is not None:
+            with contextlib.suppress(RuntimeError):  # entered: it is this one
+                context.run(INSIDE.set, (*context.run(INSIDE.get), marker))
 
 
 def inside_of(job: Job) -> InsideOf:

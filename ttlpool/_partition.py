@@ -26,7 +26,6 @@ eagerly. A job's code knows which job it runs inside of (see
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import sys
@@ -46,8 +45,8 @@ from ttlpool._jobs import (
     InsideOf,
     Job,
     Settings,
-    context_inside,
     cycle_message,
+    enter,
     forget_task,
     inside_of,
     never_started,
@@ -139,11 +138,11 @@ class Partition(Generic[K, T]):
             return
         job = CreationJob(creation, result)
         self.jobs.add(job)
-        context = context_inside(creation, result)
-        job.task = start_task(self.loop, self._run_creation(job), context=context)
+        job.task = start_task(self.loop, self._run_creation(job))
 
     async def _run_creation(self, job: CreationJob) -> None:
         creation = job.creation
+        enter(creation, job.awaitable)
         try:
             resource = await job.awaitable
         except GeneratorExit:
@@ -260,7 +259,7 @@ class Partition(Generic[K, T]):
                 ledger.finalized(entry, True)
                 continue
             job = Finalization(entry, result)
-            tasks.append(self._start_finalization(job, context_inside(entry, result)))
+            tasks.append(self._start_finalization(job))
         if interrupt is not None:
             raise interrupt
         return tasks
@@ -282,13 +281,9 @@ class Partition(Generic[K, T]):
             )
         return interrupt
 
-    def _start_finalization(
-        self, job: Finalization, context: contextvars.Context | None
-    ) -> FinalizationTask:
+    def _start_finalization(self, job: Finalization) -> FinalizationTask:
         self.jobs.add(job)
-        task = start_task(
-            self.loop, self._run_finalization(job), finishing=True, context=context
-        )
+        task = start_task(self.loop, self._run_finalization(job), finishing=True)
         job.task = task
         return task
 
@@ -297,6 +292,7 @@ class Partition(Generic[K, T]):
         whoever waits for the job to re-raise (raised here, a
         other jobs and the bookkeeping of their waiters are done)."""
         assert job.awaitable is not None
+        enter(job.entry, job.awaitable)
         try:
             await job.awaitable
         except GeneratorExit:
@@ -448,5 +444,5 @@ class Partition(Generic[K, T]):
         for task in dead.mailbox.busy:  # its answers: the callers route again
             forget_task(task)
         dead.mailbox.busy.clear()
-        tasks = [self._start_finalization(job, None) for job in restart]
+        tasks = [self._start_finalization(job) for job in restart]
         return tasks + self.finalize(evicted)
