@@ -157,7 +157,7 @@ def test_expire_marks_a_referenced_entry_and_finalizes_it_at_the_last_release() 
     entry = acquire(ledger, "k")
     acquire(ledger, "k")
     assert ledger.expire("k") is None  # never finalizes a referenced entry
-    assert entry.doomed and entry.live
+    assert entry in ledger.doomed and entry.live
     assert ledger.release(entry, now=0.0) == 0
     assert ledger.release(entry, now=0.0) == FINALIZE  # ttl > 0, yet not idle
     assert not entry.live and not ledger.idle and ledger.finalizing == {entry}
@@ -167,7 +167,7 @@ def test_reacquire_clears_the_expire_mark() -> None:
     ledger: Ledger[str, object] = Ledger(ttl=5, max_idle=None)
     entry = acquire(ledger, "k")
     ledger.expire("k")
-    assert acquire(ledger, "k") is entry and not entry.doomed
+    assert acquire(ledger, "k") is entry and entry not in ledger.doomed
     ledger.release(entry, now=0.0)
     assert ledger.release(entry, now=0.0) == ARM  # idle again, not finalized
     assert ledger.idle == {"k": entry}
@@ -190,7 +190,7 @@ def test_expire_of_a_creation_in_flight_dooms_the_created_entry() -> None:
     assert ledger.expire("k") is None
     assert creation.doomed and "k" in ledger.creating
     entry, action = ledger.created(creation, "conn", now=0.0)
-    assert action == 0 and entry.doomed and entry.refs == 1
+    assert action == 0 and entry in ledger.doomed and entry.refs == 1
     assert ledger.release(entry, now=1.0) == FINALIZE
     assert ledger.finalizing == {entry} and not ledger.idle
 
@@ -202,7 +202,7 @@ def test_joining_a_marked_creation_clears_the_mark_like_a_hit() -> None:
     joined, started = ledger.lookup("k")
     assert joined is creation and not started and not creation.doomed
     entry, _ = ledger.created(creation, "conn", now=0.0)
-    assert not entry.doomed and entry.refs == 2
+    assert entry not in ledger.doomed and entry.refs == 2
 
 
 def test_a_key_release_owed_to_a_cleared_entry_never_touches_the_new_one() -> None:
@@ -286,7 +286,7 @@ def test_evict_all_retires_referenced_and_idle_entries_and_drops_the_timer() -> 
     ledger.release(idle, now=0.0)
     creation = begin(ledger, "new")
     assert set(ledger.evict_all()) == {held, idle}
-    assert not held.live and not idle.live and held.refs == 1
+    assert not held.live and not idle.live and held.refs == idle.refs == -1
     assert not ledger.entries and not ledger.idle and ledger.referenced == 0
     assert ledger.timer_deadline is None
     assert ledger.creating == {"new": creation}  # creations go on

@@ -462,7 +462,7 @@ class HandoverMachine(RuleBasedStateMachine):
             entry = part.ledger.hit(key) if part is not None else None
             if part is None or entry is None:  # Resource.__aenter__'s slow path
                 try:
-                    part, found = pool._map.start_acquire(key, loop, "acquire", part)
+                    part, found = pool._map.start_acquire(key, "acquire", part)
                 except PoolClosedError:
                     assert pool.closed
                     return

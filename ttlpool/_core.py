@@ -15,13 +15,14 @@ around every operation.
 Invariants (checked after every step by ``tests/test_model.py``):
 
 1. An entry is *live* while it is in ``entries``. Eviction takes it out of
-   ``entries`` for good and sets ``live = False``: an evicted entry is never
+   ``entries`` for good and sets ``refs = -1``: an evicted entry is never
    handed out again, and a later acquire of its key creates a new entry.
-2. ``entry.refs >= 0``. A live entry has ``refs == 0`` exactly when it is in
-   ``idle``, so the referenced entries are ``len(entries) - len(idle)``.
-3. ``idle`` is in release order. Every entry of one ledger gets the same
-   ``ttl``, so idle deadlines never decrease from front to back: the front
-   is always the next entry to expire, and the least recently released.
+2. A live entry has ``refs >= 0``; it is *idle* when ``refs == 0``, and
+   ``idle_count`` counts those, so the referenced entries are
+   ``len(entries) - idle_count``.
+3. The idle order (:mod:`ttlpool._idle`) holds every idle entry in release
+   order; with one ``ttl`` per ledger, deadlines never decrease along it:
+   its front is the next to expire and the one released longest ago.
 4. A key is in at most one of ``entries`` and ``creating``: a miss on a key
    that is being created joins that creation instead of starting another.
 5. Every evicted entry is in ``finalizing`` until the driver reports, once,
@@ -36,19 +37,19 @@ arms the timer). Time is an argument (``now``), so a test can drive the
 ledger through any interleaving with a manual clock.
 
 - ``hit(key)``: the entry, with one more reference, or ``None`` for a miss.
-  A hit takes the entry out of ``idle`` (an O(1) dict delete) and never
-  touches the timer: a timer that fires for an entry no longer idle finds
-  nothing expired and re-arms for the new front.
+  A hit touches neither the idle order nor the timer (a timer that fires
+  for nothing due re-arms).
 - ``lookup``/``listen``/``withdraw``/``created``/``failed``: the life of one
   creation. Waiters are counted; when the factory returns, the entry starts
   with one reference per waiter still waiting.
 - ``release(entry, now)``: one reference fewer. At zero the entry is
-  finalized now (``ttl == 0``, or marked by ``expire``) or goes to the back
-  of ``idle`` with ``deadline = now + ttl``; ``max_idle`` evicts from the
-  front. The answer is a small bit set (``FINALIZE``, ``ARM``, ``EVICTED``).
-- ``timer_fired(now, limit)``: pops at most ``limit`` expired entries from
-  the front (reaping costs O(expired), not O(cached)) and says when to wake
-  up next.
+  finalized now (``ttl == 0``, or marked by ``expire``) or joins the idle
+  order (:mod:`ttlpool._idle`) with its deadline; ``max_idle`` evicts from
+  the front. The answer is a small bit set (``FINALIZE``, ``ARM``,
+  ``EVICTED``).
+- ``timer_fired(now, limit)``: takes at most ``limit`` expired entries from
+  the front (reaping costs O(expired) plus the stale occurrences it skips,
+  each skipped once) and says when to wake up next.
 - ``expire``/``evict_all``: retire one key (draining leases first) or all.
 - ``retire_into(heir)``: the ledger's loop closed; another partition's
   ledger takes over what is left to finalize.
@@ -60,11 +61,12 @@ operation under one thread lock, for entries that every loop shares.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["ARM", "EVICTED", "FINALIZE", "Creation", "Entry", "Ledger"]
+from ttlpool._idle import GRID, Entry, IdleOrder
+
+__all__ = ["ARM", "EVICTED", "FINALIZE", "GRID", "Creation", "Entry", "Ledger"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -76,27 +78,7 @@ ARM: Final = 2
 #: ``max_idle`` evicted entries; take them with ``take_victims()``.
 EVICTED: Final = 4
 
-
-class Entry(Generic[K, T]):
-    """One key's resource with its reference count and idle deadline."""
-
-    __slots__ = ("deadline", "doomed", "key", "keyed", "live", "refs", "resource")
-
-    def __init__(self, key: K, resource: T, refs: int, doomed: bool) -> None:
-        self.key = key
-        self.resource = resource
-        self.refs = refs
-        #: How many of ``refs`` were taken by key (``acquire``), not by lease.
-        self.keyed = 0
-        #: When an idle entry expires (``math.inf`` when it never does).
-        self.deadline = math.inf
-        #: Marked by ``expire``: finalize at the last release.
-        self.doomed = doomed
-        self.live = True
-
-    def __repr__(self) -> str:
-        state = "live" if self.live else "evicted"
-        return f"<Entry {self.key!r} refs={self.refs} {state}>"
+_INF: Final = math.inf
 
 
 class Creation(Generic[K, T]):
@@ -130,22 +112,44 @@ class Creation(Generic[K, T]):
         self.owner: object = None
 
 
-class Ledger(Generic[K, T]):
+class Ledger(IdleOrder[K, T]):
     """Counts, idle deadlines and eviction order for one partition."""
 
+    __slots__ = (
+        "abandoned_total",
+        "created_total",
+        "creating",
+        "doomed",
+        "entries",
+        "evicted_total",
+        "expired_total",
+        "factory_errors",
+        "finalized_total",
+        "finalizer_errors",
+        "finalizing",
+        "hits",
+        "keyed",
+        "max_idle",
+        "misses",
+        "owed",
+        "timer_deadline",
+        "victims",
+    )
+
     def __init__(self, ttl: float | None, max_idle: int | None) -> None:
-        self.ttl = math.inf if ttl is None else float(ttl)
+        super().__init__(_INF if ttl is None else float(ttl))
         self.max_idle = max_idle
         self.entries: dict[K, Entry[K, T]] = {}
-        # Release order. Under max_idle every release at the limit takes the
-        # front: an OrderedDict finds it in O(1), where a dict walks past the
-        # holes earlier deletions left there (one more pointer pair per
-        # entry, paid only when max_idle is set).
-        self.idle: dict[K, Entry[K, T]] = OrderedDict() if max_idle is not None else {}
         self.creating: dict[K, Creation[K, T]] = {}
         self.finalizing: set[Entry[K, T]] = set()
         self.victims: list[Entry[K, T]] = []
-        #: Key-based releases still owed to entries ``evict_all`` retired.
+        #: Referenced entries marked by ``expire``: finalized at the last
+        #: release, unless acquired again first.
+        self.doomed: set[Entry[K, T]] = set()
+        #: How many references of an entry were taken by key (``acquire``),
+        #: not by lease; and key-based releases still owed to entries that
+        #: ``evict_all`` retired while held.
+        self.keyed: dict[Entry[K, T], int] = {}
         self.owed: dict[K, int] = {}
         self.timer_deadline: float | None = None
         # Running totals.
@@ -166,60 +170,64 @@ class Ledger(Generic[K, T]):
         entry = self.entries.get(key)
         if entry is None:
             return None
-        if entry.refs == 0:
-            del self.idle[key]
+        if not entry.refs:
+            self.idle_count -= 1
         entry.refs += 1
-        entry.doomed = False
+        if self.doomed:  # acquired again: the expire mark is cleared
+            self.doomed.discard(entry)
         self.hits += 1
         return entry
 
     @property
     def referenced(self) -> int:
         """How many live entries hold at least one reference."""
-        return len(self.entries) - len(self.idle)
+        return len(self.entries) - self.idle_count
 
     def release(self, entry: Entry[K, T], now: float) -> int:
         """Drop one reference of a live entry; return what the driver must do.
 
         At zero the entry is finalized now (``ttl == 0``, or marked by
-        ``expire``) or goes to the back of ``idle``. Releasing an evicted
+        ``expire``) or goes to the back of the queue. Releasing an evicted
         entry is a no-op (``clear`` already retired it); raises
         ``ValueError`` if a live entry holds no reference.
         """
-        if not entry.live:
-            return 0
         refs = entry.refs - 1
-        if refs > 0:
-            entry.refs = refs
-            return 0
-        if refs < 0:
-            raise ValueError(
-                f"Reference count for key {entry.key!r} is already 0: "
-                f"release({entry.key!r}) found no lease to give back"
-            )
+        if refs:
+            if refs > 0:
+                entry.refs = refs
+                return 0
+            if refs == -1:
+                raise ValueError(
+                    f"Reference count for key {entry.key!r} is already 0: "
+                    f"release({entry.key!r}) found no lease to give back"
+                )
+            return 0  # evicted (refs was -1)
         entry.refs = 0
-        if entry.doomed or self.ttl == 0:
+        self.idle_count += 1
+        if self.ttl_is_zero or (self.doomed and entry in self.doomed):
             self._evict(entry)
             return FINALIZE
-        entry.deadline = deadline = now + self.ttl
-        idle = self.idle
-        idle[entry.key] = entry
+        deadline = self.queue_idle(entry, now)
+        if self.max_idle is None and self.timer_deadline is not None:
+            return 0
         action = 0
-        if self.max_idle is not None and len(idle) > self.max_idle:
+        if self.max_idle is not None and self.idle_count > self.max_idle:
             action = EVICTED
-            while len(idle) > self.max_idle:
-                victim = next(iter(idle.values()))
+            while self.idle_count > self.max_idle:
+                victim = self._pop_front()
                 self._evict(victim)
                 self.evicted_total += 1
                 self.victims.append(victim)
-        if self.timer_deadline is None and deadline != math.inf and idle:
-            self.timer_deadline = next(iter(idle.values())).deadline
-            action |= ARM
+        if self.timer_deadline is None and deadline != _INF:
+            front = self._front()
+            if front is not None:
+                self.timer_deadline = front.deadline
+                action |= ARM
         return action
 
     def hold(self, entry: Entry[K, T]) -> None:
         """Note that the latest reference of ``entry`` was taken by key."""
-        entry.keyed += 1
+        self.keyed[entry] = self.keyed.get(entry, 0) + 1
 
     def release_key(self, key: K, now: float) -> tuple[Entry[K, T] | None, int]:
         """Release one key-based reference of ``key``.
@@ -238,8 +246,11 @@ class Ledger(Generic[K, T]):
         entry = self.entries.get(key)
         if entry is None:
             return None, 0
-        if entry.keyed > 0:
-            entry.keyed -= 1
+        keyed = self.keyed.get(entry)
+        if keyed == 1:
+            del self.keyed[entry]
+        elif keyed:
+            self.keyed[entry] = keyed - 1
         return entry, Ledger.release(self, entry, now)  # pyright: ignore[reportUnknownMemberType]
 
     def take_victims(self) -> list[Entry[K, T]]:
@@ -297,7 +308,9 @@ class Ledger(Generic[K, T]):
         waiters = creation.waiters
         # An entry nobody waits for any more is released at once, like any
         # entry at its last release: idle under a ttl, finalized at ttl 0.
-        entry = Entry(creation.key, resource, waiters or 1, creation.doomed)
+        entry = Entry(creation.key, resource, waiters or 1)
+        if creation.doomed:
+            self.doomed.add(entry)
         creation.entry = entry
         creation.done = True
         self.entries[creation.key] = entry
@@ -315,9 +328,15 @@ class Ledger(Generic[K, T]):
     # -- retirement ----------------------------------------------------------
 
     def _evict(self, entry: Entry[K, T]) -> None:
+        """Take a live entry out for good (its queue occurrences go stale)."""
         del self.entries[entry.key]
-        self.idle.pop(entry.key, None)  # only its own key's entry can be idle
-        entry.live = False
+        if entry.refs == 0:
+            self.idle_count -= 1
+        entry.refs = -1
+        if self.doomed:
+            self.doomed.discard(entry)
+        if self.keyed:
+            self.keyed.pop(entry, None)
         self.finalizing.add(entry)
 
     def finalized(self, entry: Entry[K, T], ok: bool) -> None:
@@ -345,7 +364,7 @@ class Ledger(Generic[K, T]):
         if entry is None:
             return None
         if entry.refs > 0:
-            entry.doomed = True
+            self.doomed.add(entry)
             return None
         self._evict(entry)
         return entry
@@ -353,13 +372,16 @@ class Ledger(Generic[K, T]):
     def evict_all(self) -> list[Entry[K, T]]:
         """Evict every live entry, referenced or not, and drop every deadline."""
         evicted = list(self.entries.values())
+        keyed = self.keyed
         for entry in evicted:
-            entry.live = False
+            entry.refs = -1
             self.finalizing.add(entry)
-            if entry.keyed:
-                self.owed[entry.key] = self.owed.get(entry.key, 0) + entry.keyed
+            if keyed and entry in keyed:
+                self.owed[entry.key] = self.owed.get(entry.key, 0) + keyed[entry]
         self.entries.clear()
-        self.idle.clear()
+        self.forget_order()
+        self.doomed.clear()
+        keyed.clear()
         self.timer_deadline = None
         return evicted
 
@@ -401,28 +423,24 @@ class Ledger(Generic[K, T]):
         as armed.
         """
         expired: list[Entry[K, T]] = []
-        idle = self.idle
-        # One pass per slice, evicting after it: taking the front with
-        # next(iter(idle)) after each eviction rescans every hole that the
-        # evictions left at the front of the dict, O(n**2) for n expiries.
-        for front in idle.values():
-            if front.deadline > now or len(expired) >= limit:
-                break
-            expired.append(front)
-        for front in expired:
+        front = self._front()
+        while front is not None and front.deadline <= now and len(expired) < limit:
+            self.queue.popleft()
+            front.queued = 0
             self._evict(front)
+            expired.append(front)
+            front = self._front()
         self.expired_total += len(expired)
         self.timer_deadline = None
-        if idle:
-            deadline = next(iter(idle.values())).deadline
-            if deadline != math.inf:
-                self.timer_deadline = deadline
+        if front is not None and front.deadline != _INF:
+            self.timer_deadline = front.deadline
         return expired, self.timer_deadline
 
     def timer_lost(self, now: float) -> float | None:
         """The armed timer can no longer fire (its loop closed): re-arm for now."""
         self.timer_deadline = None
-        if self.idle and next(iter(self.idle.values())).deadline != math.inf:
+        front = self._front()
+        if front is not None and front.deadline != _INF:
             self.timer_deadline = now
         return self.timer_deadline
 
@@ -430,15 +448,13 @@ class Ledger(Generic[K, T]):
 
     def pending_cleanup_count(self) -> int:
         """Idle entries waiting for a finite deadline, plus finalizations in flight."""
-        waiting = len(self.idle) if self.ttl != math.inf else 0
+        waiting = self.idle_count if self.ttl != _INF else 0
         return waiting + len(self.finalizing)
 
     def pending_cleanup(self) -> dict[K, float | None]:
         """Each key with pending cleanup: its deadline, or ``None`` while finalizing."""
-        # Copies first: another thread may read this while the owner works,
-        # and copying a dict or a set is one step that no thread interleaves.
-        finalizing, idle = self.finalizing.copy(), self.idle.copy()
+        finalizing = self.finalizing.copy()  # one step, like the queue's copy
         pending: dict[K, float | None] = {e.key: None for e in finalizing}
-        if self.ttl != math.inf:
-            pending.update((key, entry.deadline) for key, entry in idle.items())
+        if self.ttl != _INF:
+            pending.update((key, e.deadline) for key, e in self.idle.items())
         return pending

@@ -27,6 +27,8 @@ T = TypeVar("T")
 class LockedLedger(Ledger[K, T]):
     """A ledger whose every operation holds one thread lock (shared partitions)."""
 
+    __slots__ = ("lock",)
+
     def __init__(
         self, ttl: float | None, max_idle: int | None, lock: threading.Lock
     ) -> None:

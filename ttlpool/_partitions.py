@@ -30,8 +30,10 @@ import asyncio
 import functools
 import logging
 import os
+import sys
 import threading
 import weakref
+from _thread import get_ident
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -66,6 +68,7 @@ class Partitions(Generic[K, T]):
     __slots__ = (
         "__weakref__",
         "all",
+        "by_thread",
         "closed",
         "lock",
         "max_idle",
@@ -94,6 +97,8 @@ class Partitions(Generic[K, T]):
         self.closed = False
         self.all: dict[asyncio.AbstractEventLoop, Partition[K, T]] = {}
         self.parts = self.all
+        #: Each thread's partition, as of its last acquire (before 3.12).
+        self.by_thread: dict[int, Partition[K, T]] = {}
         self.shared: LockedLedger[K, T] | None = (
             None if per_loop else LockedLedger(ttl, max_idle, threading.Lock())
         )
@@ -126,6 +131,7 @@ class Partitions(Generic[K, T]):
         self.lock = threading.Lock()
         self.all = {}
         self.parts = {} if self.closed else self.all
+        self.by_thread = {}
         self.retired = dict.fromkeys(TOTALS, 0)
 
     def close(self) -> None:
@@ -133,15 +139,38 @@ class Partitions(Generic[K, T]):
         with self.lock:
             self.closed = True
             self.parts = {}
+            self.by_thread = {}
 
     # -- acquiring -----------------------------------------------------------
 
+    if sys.version_info >= (3, 12):
+
+        def current(self) -> Partition[K, T] | None:
+            """The running loop's partition (``None``: it has none yet, or
+            the pool is closed). Called from a coroutine on that loop."""
+            return self.parts.get(asyncio.get_running_loop())
+
+    else:
+
+        def current(self) -> Partition[K, T] | None:
+            # Before 3.12, asking asyncio for the running loop costs a
+            # getpid() system call (a third of a warm hit). A thread runs one
+            # loop at a time, so each thread's last partition is kept, and
+            # trusted while its loop says it runs on this very thread (a
+            # loop that exposes no ``_thread_id``, like uvloop's, is always
+            # asked for). ``forget`` and ``close`` drop every one of them.
+            thread = get_ident()
+            part = self.by_thread.get(thread)
+            if part is not None and getattr(part.loop, "_thread_id", None) == thread:
+                return part
+            loop = asyncio.get_running_loop()
+            part = self.parts.get(loop)
+            if part is not None and getattr(loop, "_thread_id", None) == thread:
+                self.by_thread[thread] = part
+            return part
+
     def start_acquire(
-        self,
-        key: K,
-        loop: asyncio.AbstractEventLoop,
-        operation: str,
-        missed_in: Partition[K, T] | None,
+        self, key: K, operation: str, missed_in: Partition[K, T] | None
     ) -> tuple[Partition[K, T], Entry[K, T] | Creation[K, T]]:
         """The synchronous start of a slow acquire (new loop, miss, closed
         pool): the entry (a hit, or a creation a sync factory settled at
@@ -149,7 +178,7 @@ class Partitions(Generic[K, T]):
         ``missed_in``: the partition whose ``hit`` missed."""
         part = missed_in
         if part is None or self.closed:
-            part = self.partition_for(loop, key, operation)
+            part = self.partition_for(asyncio.get_running_loop(), key, operation)
         try:
             found, started = part.ledger.lookup(key, part is missed_in)
         except TypeError:
@@ -165,12 +194,7 @@ class Partitions(Generic[K, T]):
         return part, found
 
     async def wait_for(
-        self,
-        part: Partition[K, T],
-        creation: Creation[K, T],
-        key: K,
-        loop: asyncio.AbstractEventLoop,
-        operation: str,
+        self, part: Partition[K, T], creation: Creation[K, T], key: K, operation: str
     ) -> tuple[Partition[K, T], Entry[K, T]]:
         """Wait for a creation; if it was lost with another loop (shared
         entries), start over."""
@@ -178,7 +202,7 @@ class Partitions(Generic[K, T]):
             entry = await part.wait(creation)
             if entry is not None:
                 return part, entry
-            part, found = self.start_acquire(key, loop, operation, None)
+            part, found = self.start_acquire(key, operation, None)
             if isinstance(found, Entry):
                 return part, found
             creation = found

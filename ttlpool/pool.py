@@ -10,7 +10,6 @@ lookup: see that module for who touches what).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
@@ -26,7 +25,8 @@ from ttlpool._checks import (
 )
 from ttlpool._core import Entry
 from ttlpool._jobs import ErrorHook, wait_finalizations
-from ttlpool._partition import REAP_SLICE, Partition
+from ttlpool._lease import Resource
+from ttlpool._partition import REAP_SLICE
 from ttlpool._partitions import TOTALS, Partitions
 from ttlpool.clock import Clock, MonotonicClock
 from ttlpool.stats import PoolStats
@@ -35,108 +35,6 @@ __all__ = ["REAP_SLICE", "ErrorHook", "Resource", "ResourcePool"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
-
-#: A lease's ``_entry`` while its slow path awaits the acquire.
-_ENTERING: Any = object()
-_get_running_loop = asyncio.get_running_loop
-
-
-class Resource(Generic[T]):
-    """One lease of a pooled resource: a single-use async context manager.
-
-    Entering acquires the key's resource (creating it if needed) and returns
-    it; leaving releases exactly that acquisition, whatever the resource's
-    truth value. A lease belongs to the entry it acquired: if ``clear``
-    retired that entry, leaving is a no-op and never touches a newer entry
-    of the same key. Entering twice, or leaving before entering or twice,
-    raises ``RuntimeError``. Leaving never swallows the body's exception.
-    """
-
-    # ``_entry``: None (new), _ENTERING, then the entry acquired, for good.
-    # ``_part``: unset until entered (one store fewer per lease on the hot
-    # path), the partition while entered, None once left.
-    __slots__ = ("_entry", "_key", "_map", "_part")
-
-    def __init__(self, partitions: Partitions[Any, T], key: Hashable) -> None:
-        self._map = partitions
-        self._key = key
-        self._entry: Entry[Any, T] | None = None
-        self._part: Partition[Any, T] | None
-
-    async def __aenter__(self) -> T:
-        if self._entry is not None:
-            raise RuntimeError(
-                "Cannot re-acquire a resource that has already been acquired "
-                f"(get({self._key!r}): a lease can be entered only once)"
-            )
-        partitions, key = self._map, self._key
-        loop = _get_running_loop()
-        part = partitions.parts.get(loop)
-        if part is not None:
-            try:
-                entry = part.ledger.hit(key)
-            except TypeError:
-                raise unhashable("get", key) from None
-            if entry is not None:
-                self._part = part
-                self._entry = entry
-                return entry.resource
-        self._entry = _ENTERING
-        try:
-            part, found = partitions.start_acquire(key, loop, "get", part)
-            if isinstance(found, Entry):
-                entry = found
-            else:
-                part, entry = await partitions.wait_for(part, found, key, loop, "get")
-        except BaseException:
-            self._entry = None
-            raise
-        self._part = part
-        self._entry = entry
-        return entry.resource
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            part = self._part
-        except AttributeError:  # never entered
-            part = None
-        if part is None:
-            raise RuntimeError(
-                "Cannot release a resource that "
-                f"{'has already been released' if self._left() else 'was not acquired'}"
-                f" (get({self._key!r}): a lease can be left only once, after entering)"
-            )
-        self._part = None
-        entry: Entry[Any, T] = self._entry  # type: ignore[assignment]
-        if exc_type is GeneratorExit:  # its coroutine is being closed: no await
-            self._map.release_from_anywhere(part, entry)
-            return
-        action = part.ledger.release(entry, part.now())
-        if action:
-            tasks = part.after_release(entry, action)
-            if tasks:  # a sync finalizer leaves nothing to wait for
-                await wait_finalizations(tasks)
-
-    def _left(self) -> bool:
-        return isinstance(self._entry, Entry) and getattr(self, "_part", 0) is None
-
-    def __repr__(self) -> str:
-        entry = self._entry
-        state = (
-            "new"
-            if entry is None
-            else "entering"
-            if entry is _ENTERING
-            else "left"
-            if self._left()
-            else "entered"
-        )
-        return f"<Resource key={self._key!r} {state}>"
 
 
 class ResourcePool(Generic[K, T]):
@@ -258,21 +156,18 @@ class ResourcePool(Generic[K, T]):
         Pair every acquire with one :meth:`release` of the same key on the
         same event loop, or use :meth:`get`.
         """
-        loop = _get_running_loop()
         partitions = self._map
-        part = partitions.parts.get(loop)
+        part = partitions.current()
         try:
             entry = part.ledger.hit(key) if part is not None else None
         except TypeError:
             raise unhashable("acquire", key) from None
         if part is None or entry is None:
-            part, found = partitions.start_acquire(key, loop, "acquire", part)
+            part, found = partitions.start_acquire(key, "acquire", part)
             if isinstance(found, Entry):
                 entry = found
             else:
-                part, entry = await partitions.wait_for(
-                    part, found, key, loop, "acquire"
-                )
+                part, entry = await partitions.wait_for(part, found, key, "acquire")
         part.ledger.hold(entry)
         return entry.resource
 
@@ -285,7 +180,7 @@ class ResourcePool(Generic[K, T]):
         caller is cancelled meanwhile, the finalizer still runs to its end
         first) or becomes idle until its deadline.
         """
-        part = self._map.parts.get(_get_running_loop())
+        part = self._map.current()
         if part is None:
             check_key(key, "release")
             return
@@ -374,7 +269,7 @@ class ResourcePool(Generic[K, T]):
                 totals[name] += getattr(ledger, attr)
             gauges["total_entries"] += len(ledger.entries)
             gauges["referenced_entries"] += ledger.referenced
-            gauges["idle_entries"] += len(ledger.idle)
+            gauges["idle_entries"] += ledger.idle_count
             gauges["creating"] += len(ledger.creating)
             gauges["pending_cleanup"] += ledger.pending_cleanup_count()
         return PoolStats(**gauges, **totals, errors=partitions.settings.errors)
