@@ -29,7 +29,11 @@ class Settings:
     reap_reps: int
     #: Cached keys of the "flat at scale" figure.
     scale_keys: int
-    #: Dispatches per sample to a warm loop, and to a new loop per call.
+    #: Dispatch figures (W1, W2): calls per sample to a warm loop, and to a
+    #: new loop per call; rounds, each taking one sample of every variant.
+    #: Many short samples in alternation, not a few long ones: a ratio is
+    #: taken within a round, so a slow moment of the machine (or a thread
+    #: the OS moved) touches both sides of it.
     dispatch_calls: int
     cold_calls: int
     dispatch_reps: int
@@ -60,9 +64,9 @@ MODES = {
         reap_ttl=0.02,
         reap_reps=1,
         scale_keys=5_000,
-        dispatch_calls=10,
-        cold_calls=3,
-        dispatch_reps=2,
+        dispatch_calls=5,
+        cold_calls=1,
+        dispatch_reps=3,
     ),
     "quick": Settings(
         mode="quick",
@@ -77,9 +81,9 @@ MODES = {
         reap_ttl=0.05,
         reap_reps=3,
         scale_keys=1_000_000,
-        dispatch_calls=200,
-        cold_calls=30,
-        dispatch_reps=7,
+        dispatch_calls=20,
+        cold_calls=2,
+        dispatch_reps=150,
     ),
     "full": Settings(
         mode="full",
@@ -94,8 +98,8 @@ MODES = {
         reap_ttl=0.05,
         reap_reps=9,
         scale_keys=1_000_000,
-        dispatch_calls=1_000,
-        cold_calls=100,
-        dispatch_reps=15,
+        dispatch_calls=20,
+        cold_calls=2,
+        dispatch_reps=500,
     ),
 }

@@ -23,6 +23,7 @@ import ttlpool
 from benchmarks._measure import Results
 from benchmarks._memory import measure_memory
 from benchmarks._optional import describe, pretend_missing, version_of
+from benchmarks._pin import CpuPin
 from benchmarks._settings import MODES, Settings
 from benchmarks.pools import measure_pools
 from benchmarks.report import evaluate, render_table, write_chart, write_json
@@ -73,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated sections to run (default: all of %(default)s)",
     )
     parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help=(
+            "let the OS place the threads of the dispatch figures (W1, W2) "
+            "instead of pinning them all to one CPU"
+        ),
+    )
+    parser.add_argument(
         "--without",
         default="",
         help=(
@@ -98,7 +107,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _meta(
-    settings: Settings, seconds: float, optional: dict[str, str]
+    settings: Settings, seconds: float, optional: dict[str, str], pin: CpuPin
 ) -> dict[str, Any]:
     return {
         "mode": settings.mode,
@@ -108,6 +117,8 @@ def _meta(
         "cpus": os.cpu_count(),
         "ttlpool": getattr(ttlpool, "__version__", None) or version_of("ttlpool"),
         "optional": optional,
+        "dispatch_cpu": pin.cpu,
+        "dispatch_placement": pin.description,
         "seconds": round(seconds, 1),
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
@@ -115,10 +126,12 @@ def _meta(
     }
 
 
-async def _on_a_loop(results: Results, settings: Settings, sections: set[str]) -> None:
+async def _on_a_loop(
+    results: Results, settings: Settings, sections: set[str], pin: CpuPin
+) -> None:
     await measure_pools(results, settings, _say, sections=sections)
     if "dispatch" in sections:
-        await measure_dispatch(results, settings, _say)
+        await measure_dispatch(results, settings, _say, pin)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,15 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say(f"{settings.mode} mode; optional: {optional}")
 
     started = time.perf_counter()
+    pin = CpuPin.choose(enabled=not args.no_pin)
     results = Results()
-    asyncio.run(_on_a_loop(results, settings, sections - {"memory", "run_sync"}))
+    asyncio.run(_on_a_loop(results, settings, sections - {"memory", "run_sync"}, pin))
     if "memory" in sections:
         measure_memory(results, settings, _say)
     if "run_sync" in sections:
-        measure_run_sync(results, settings, _say)
+        measure_run_sync(results, settings, _say, pin)
     seconds = time.perf_counter() - started
 
-    meta = _meta(settings, seconds, optional)
+    meta = _meta(settings, seconds, optional, pin)
     verdicts = evaluate(results, settings)
     header = [
         f"ttlpool {meta['ttlpool']} benchmarks: {settings.mode} mode, "
@@ -155,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "take turns within every repetition.",
         "x column: median over repetitions of (variant / reference) in the same "
         "repetition. Time per operation unless the title says wall time.",
+        f"W1, W2 (dispatch to worker loops): {settings.dispatch_reps} rounds of "
+        f"short samples; {pin.description}.",
         "Optional: " + ", ".join(f"{name} {what}" for name, what in optional.items()),
     ]
     print(render_table(results, verdicts, header))

@@ -8,6 +8,12 @@ uvloop is installed: with asyncio worker loops and with uvloop ones.
 The loop pools built around wool's and ttlpool's ``ResourcePool`` here use
 a minimal factory (a loop on a daemon thread) and finalizer (stop it, join
 the thread) of our own, the shape a worker service wraps around a pool.
+
+How the figures are sampled: many short samples (``dispatch_calls`` calls,
+``cold_calls`` for the variants that start a loop per call), every variant
+once per round in a rotating order, the ratio taken within each round and
+its median over rounds reported. Every thread is pinned to one CPU while
+they run, unless ``--no-pin`` (see :mod:`benchmarks._pin` for why).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import ttlpool
 from benchmarks._impls import close_pool
 from benchmarks._measure import Results, Sample, interleave, interleave_sync, now_ns
 from benchmarks._optional import attr, load
+from benchmarks._pin import CpuPin
 from benchmarks._settings import Settings
 
 __all__ = ["measure_dispatch", "measure_run_sync"]
@@ -34,6 +41,18 @@ RUN_SYNC = "WorkerLoopPool.run_sync"
 RAW = "raw warm loop"
 NEW = "new loop + thread per call"
 RAW_SYNC = "raw warm loop, .result()"
+
+#: Untimed rounds before the timed ones (threads start, code and caches warm).
+WARMUP_ROUNDS = 3
+
+
+def _sampling(settings: Settings, pin: CpuPin) -> str:
+    """The note every dispatch group carries: how it was sampled and placed."""
+    return (
+        f"{settings.dispatch_reps} rounds; a sample is {settings.dispatch_calls} "
+        f"calls ({settings.cold_calls} for the variants that set up a loop per "
+        f"call), each variant once a round; threads {pin.short}"
+    )
 
 
 async def _noop() -> None:
@@ -97,6 +116,7 @@ async def _dispatch_group(
     group: str,
     flavour: str,
     loop_factory: LoopFactory,
+    pin: CpuPin,
 ) -> None:
     label = "W1" if flavour == "asyncio" else "W1u"
     worker_cls, worker_why = _worker_pool_class()
@@ -109,8 +129,9 @@ async def _dispatch_group(
         "ns",
         reference,
     )
+    grp.note = _sampling(settings, pin)
     if worker_cls is None:
-        grp.note = f"{RUN} skipped, so ratios are to the raw warm loop"
+        grp.note += f"; {RUN} skipped, so ratios are to the raw warm loop"
     for name in (RUN, RAW, NEW):
         grp.figure(name)  # table order
     calls, cold = settings.dispatch_calls, settings.cold_calls
@@ -201,7 +222,7 @@ async def _guarded_interleave(
     guarded: dict[str, Any] = {}
     for name, case in cases.items():
         guarded[name] = _guard(grp, name, case)
-    await interleave(results, reps, guarded)
+    await interleave(results, reps, guarded, warmup=WARMUP_ROUNDS)
 
 
 def _failed(grp: Any, name: str, failed: list[str], exc: Exception) -> Sample:
@@ -235,11 +256,14 @@ def _uvloop_skipped(
     grp.skip("uvloop", grp.note)
 
 
-async def measure_dispatch(results: Results, settings: Settings, say: Progress) -> None:
+async def measure_dispatch(
+    results: Results, settings: Settings, say: Progress, pin: CpuPin
+) -> None:
     """W1: dispatches awaited from this loop, asyncio and uvloop worker loops."""
-    await _dispatch_group(
-        results, settings, say, "dispatch", "asyncio", asyncio.new_event_loop
-    )
+    with pin.applied():
+        await _dispatch_group(
+            results, settings, say, "dispatch", "asyncio", asyncio.new_event_loop, pin
+        )
     uvloop, why = load("uvloop")
     if uvloop is None:
         _uvloop_skipped(
@@ -250,14 +274,16 @@ async def measure_dispatch(results: Results, settings: Settings, say: Progress) 
             why,
         )
         return
-    await _dispatch_group(
-        results,
-        settings,
-        say,
-        "dispatch_uvloop",
-        "uvloop",
-        attr(uvloop, "new_event_loop"),
-    )
+    with pin.applied():
+        await _dispatch_group(
+            results,
+            settings,
+            say,
+            "dispatch_uvloop",
+            "uvloop",
+            attr(uvloop, "new_event_loop"),
+            pin,
+        )
 
 
 # -- run_sync -----------------------------------------------------------------
@@ -295,6 +321,7 @@ def _run_sync_group(
     flavour: str,
     loop_factory: LoopFactory,
     uvloop: Any,
+    pin: CpuPin,
 ) -> None:
     label = "W2" if uvloop is None else "W2u"
     worker_cls, worker_why = _worker_pool_class()
@@ -308,8 +335,9 @@ def _run_sync_group(
         "ns",
         reference,
     )
+    grp.note = _sampling(settings, pin)
     if worker_cls is None:
-        grp.note = f"{RUN_SYNC} skipped, so ratios are to the raw warm loop"
+        grp.note += f"; {RUN_SYNC} skipped, so ratios are to the raw warm loop"
     for name in (RUN_SYNC, RAW_SYNC):
         grp.figure(name)  # table order
     calls, cold = settings.dispatch_calls, settings.cold_calls
@@ -366,6 +394,7 @@ def _run_sync_group(
             results,
             settings.dispatch_reps,
             {name: _guard_sync(grp, name, case) for name, case in cases.items()},
+            warmup=WARMUP_ROUNDS,
         )
 
 
@@ -377,11 +406,21 @@ def _stop_quietly(loops: Any, say: Progress) -> None:
         say(f"WorkerLoopPool.stop() failed: {exc!r}")
 
 
-def measure_run_sync(results: Results, settings: Settings, say: Progress) -> None:
+def measure_run_sync(
+    results: Results, settings: Settings, say: Progress, pin: CpuPin
+) -> None:
     """W2: ``run_sync`` and its alternatives, from a thread with no loop."""
-    _run_sync_group(
-        results, settings, say, "run_sync", "asyncio", asyncio.new_event_loop, None
-    )
+    with pin.applied():
+        _run_sync_group(
+            results,
+            settings,
+            say,
+            "run_sync",
+            "asyncio",
+            asyncio.new_event_loop,
+            None,
+            pin,
+        )
     uvloop, why = load("uvloop")
     if uvloop is None:
         _uvloop_skipped(
@@ -392,12 +431,14 @@ def measure_run_sync(results: Results, settings: Settings, say: Progress) -> Non
             why,
         )
         return
-    _run_sync_group(
-        results,
-        settings,
-        say,
-        "run_sync_uvloop",
-        "uvloop",
-        attr(uvloop, "new_event_loop"),
-        uvloop,
-    )
+    with pin.applied():
+        _run_sync_group(
+            results,
+            settings,
+            say,
+            "run_sync_uvloop",
+            "uvloop",
+            attr(uvloop, "new_event_loop"),
+            uvloop,
+            pin,
+        )
