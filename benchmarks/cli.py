@@ -25,8 +25,10 @@ from benchmarks._memory import measure_memory
 from benchmarks._optional import describe, pretend_missing, version_of
 from benchmarks._pin import CpuPin
 from benchmarks._settings import MODES, Settings
+from benchmarks.chart import chart_sections, sections_json, write_chart
 from benchmarks.pools import measure_pools
-from benchmarks.report import evaluate, render_table, write_chart, write_json
+from benchmarks.report import render_table, write_json
+from benchmarks.targets import evaluate
 from benchmarks.workers import measure_dispatch, measure_run_sync
 
 __all__ = ["main"]
@@ -174,10 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Optional: " + ", ".join(f"{name} {what}" for name, what in optional.items()),
     ]
     print(render_table(results, verdicts, header))
-    write_json(args.json, results, verdicts, meta)
+    sections = chart_sections(results, verdicts)
+    write_json(args.json, results, verdicts, meta, sections_json(sections))
     print(f"\nJSON: {args.json}")
     why_not = write_chart(
-        args.chart, results, f"ttlpool benchmarks ({settings.mode}, {meta['python']})"
+        args.chart,
+        sections,
+        f"ttlpool {meta['ttlpool']} benchmarks ({settings.mode} mode, "
+        f"{meta['python']}, {meta['cpus']} CPUs; worker loop threads {pin.short})",
     )
     print(f"chart: {args.chart}" if why_not is None else f"chart skipped: {why_not}")
     return 0
