@@ -1,10 +1,13 @@
 """The benchmark suite runs: ``python -m benchmarks --smoke`` end to end.
 
 Numbers from a smoke run mean nothing; this only proves that every
-measurement, the table, the JSON and the chart work, that each optional
-competitor is measured when it is installed, and that a missing optional
-package is reported as skipped rather than faked. Speed targets are never
-asserted here.
+measurement, the table, the JSON and the chart work, that every target is
+printed with a verdict (and measured, when the bench extra is installed),
+that the chart's bars all point right for good news with each target's
+line where its verdict says, that the dispatch figures say how they were
+sampled, that each optional competitor is measured when it is installed,
+and that a missing optional package is reported as skipped rather than
+faked. Whether a target passes is never asserted here.
 
 The chart and the competitors need the ``bench`` extra: without it those
 tests skip, saying so, except under ``TTLPOOL_REQUIRE_BENCH=1`` (set by
@@ -14,6 +17,7 @@ tests skip, saying so, except under ``TTLPOOL_REQUIRE_BENCH=1`` (set by
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +26,46 @@ from typing import Any, NamedTuple
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+#: Every target the run must print (a piece of each line that names it).
+TARGETS = [
+    f"warm hit ≤ 1.7x the floor (the target on every Python version; "
+    f"this run: {PYTHON})",
+    "warm hit ≥ 4x faster than wool",
+    "churn ≥ 2x faster than wool (sync factory/finalizer)",
+    f"(async factory/finalizer; the Python {PYTHON} target:",
+    "cached key behind another key's slow factory < 1 ms",
+    "5 slow keys in about one factory time",
+    "memory per idle entry ≤ 1.5x the floor",
+    "stats < 10 µs at",
+    "reaping: no loop stall over 5 ms, wall clock",
+    "reaping: no loop stall over 5 ms in CPU time",
+    "reaping: last finalizer within 20 ms past due",
+    "keys within 1.2x of 1 key",
+    *(
+        text.format(loops=loops, run=run)
+        for loops, run in (("asyncio", "asyncio.run"), ("uvloop", "uvloop.run"))
+        for text in (
+            "WorkerLoopPool.run ≤ 1.10x a raw warm loop ({loops} loops)",
+            "WorkerLoopPool.run ≥ 3x faster than a new loop per call ({loops} loops)",
+            "run_sync ≤ 1.15x a raw warm loop's "
+            "run_coroutine_threadsafe(...).result() ({loops} loops)",
+            "run_sync ≥ 1.5x faster than anyio's blocking portal ({loops} loops)",
+            "run_sync ≥ 2.5x faster than {run} per call ({loops} loops)",
+        )
+    ),
+]
+
+#: The questions the chart's panels answer, in order.
+QUESTIONS = [
+    "Is it faster than wool?",
+    "How close to the floor?",
+    "Does a warm hit stay flat",
+    "Does it stay within its limits?",
+    "Is the worker loop worth it?",
+    "Is run_sync worth it?",
+]
 
 
 class SmokeRun(NamedTuple):
@@ -81,10 +125,88 @@ def test_smoke_run_prints_the_table_and_writes_json(smoke: SmokeRun) -> None:
     assert {t["status"] for t in smoke.document["targets"]} <= {"PASS", "MISS", "n/a"}
 
 
+def _target_lines(stdout: str) -> list[tuple[str, str, str]]:
+    """(status, target text, measured line) for each target the run printed."""
+    block = stdout.split("Targets (a report: a miss does not fail the run)\n")[1]
+    lines = block.split("\n\nJSON:")[0].splitlines()
+    found = []
+    for first, second in zip(lines[::2], lines[1::2], strict=True):
+        match = re.fullmatch(r"  (PASS|MISS|n/a)\s+(.+)", first)
+        assert match, first
+        found.append((match[1], match[2], second.strip()))
+    return found
+
+
+def test_every_target_is_printed_with_a_verdict(smoke: SmokeRun) -> None:
+    printed = _target_lines(smoke.stdout)
+    texts = [text for _, text, _ in printed]
+    for wanted in TARGETS:
+        assert sum(wanted in text for text in texts) == 1, (wanted, texts)
+    assert len(printed) == len(TARGETS) == len(smoke.document["targets"])
+    for status, _, measured in printed:
+        if status == "n/a":
+            assert measured.endswith("= n/a (a figure was skipped)")
+        else:
+            assert re.search(r" = \S+.* \(target (<=|<|>=) [\d.]+", measured)
+
+
+def test_with_the_bench_extra_every_target_is_measured(
+    smoke: SmokeRun, bench_extra: Any
+) -> None:
+    """A target naming a variant that does not exist would read n/a forever."""
+    bench_extra("wool.runtime.resourcepool", python=(3, 11))
+    bench_extra("uvloop")
+    bench_extra("anyio.from_thread")
+    assert [status for status, _, _ in _target_lines(smoke.stdout)] == [
+        t["status"] for t in smoke.document["targets"]
+    ]
+    assert all(t["status"] in ("PASS", "MISS") for t in smoke.document["targets"])
+
+
+def test_the_dispatch_figures_say_how_they_were_sampled(smoke: SmokeRun) -> None:
+    header = smoke.stdout.split("\n\n")[0]
+    assert "W1, W2 (dispatch to worker loops):" in header
+    assert "pinned to CPU" in header or "not pinned" in header
+    groups = _groups(smoke.document)
+    for key in ("dispatch", "run_sync"):
+        assert "rounds; a sample is" in groups[key]["note"]
+        lengths = {len(f["samples"]) for f in groups[key]["figures"] if f["samples"]}
+        assert len(lengths) == 1, "every variant once a round: ratios are paired"
+
+
 def test_smoke_run_draws_the_chart(smoke: SmokeRun, bench_extra: Any) -> None:
     bench_extra("matplotlib")
-    assert smoke.chart.stat().st_size > 0
+    assert smoke.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "chart skipped" not in smoke.stdout
+
+
+def test_the_chart_groups_rows_by_question_and_right_is_better(
+    smoke: SmokeRun,
+) -> None:
+    sections = smoke.document["chart"]
+    # Panels in the order of QUESTIONS (one whose competitor is not
+    # installed may be missing); these three need nothing optional.
+    asked = [
+        next(i for i, q in enumerate(QUESTIONS) if s["question"].startswith(q))
+        for s in sections
+    ]
+    assert asked == sorted(set(asked))
+    assert {1, 2, 3} <= set(asked)
+    rows = [row for section in sections for row in section["rows"]]
+    assert all(row["value"] > 0 for row in rows)
+    # Every target with a value is drawn, with its line, on one bar that
+    # passes exactly when it reaches the line on the right-is-better axis.
+    measured = [t for t in smoke.document["targets"] if t["status"] != "n/a"]
+    marked = [row for row in rows if row["status"] is not None]
+    assert len(marked) == len(measured)
+    for row in marked:
+        assert row["threshold"] > 0
+        assert (row["value"] >= row["threshold"]) == (row["status"] == "PASS"), row
+    floor = next(s for s in sections if s["question"].startswith("How close"))
+    warm = next(r for r in floor["rows"] if r["label"] == "1 warm hit")
+    target = next(t for t in measured if t["target"].startswith("warm hit ≤"))
+    assert warm["value"] == pytest.approx(1 / target["value"])  # floor / ttlpool
+    assert warm["threshold"] == pytest.approx(1 / 1.7)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +259,16 @@ def test_a_missing_competitor_is_skipped_not_faked(tmp_path: Path) -> None:
     assert "skipped: wool skipped (--without wool)" in run.stdout
     assert "chart skipped" in run.stdout
     assert not run.chart.exists()
+    statuses = {text: status for status, text, _ in _target_lines(run.stdout)}
+    assert statuses["warm hit ≥ 4x faster than wool"] == "n/a"
+    assert statuses["memory per idle entry ≤ 1.5x the floor"] in ("PASS", "MISS")
+
+
+def test_no_pin_lets_the_os_place_the_threads(tmp_path: Path) -> None:
+    run = _run(tmp_path, "--only", "dispatch", "--no-pin", "--without", "uvloop")
+    assert "not pinned (--no-pin): the OS places the threads" in run.stdout
+    assert run.document["meta"]["dispatch_cpu"] is None
+    assert "threads not pinned" in _groups(run.document)["dispatch"]["note"]
 
 
 def test_help_lists_the_modes() -> None:
