@@ -294,14 +294,19 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(
         key=KEYS,
-        factory=st.sampled_from(["returns", "waits"]),
+        factory=st.sampled_from(["returns", "waits", "at_once", "at_once_fails"]),
         hold=st.booleans(),
         data=st.data(),
     )
     def acquire(self, key: int, factory: str, hold: bool, data: Any) -> None:
         """Look ``key`` up. On a miss that starts a creation the factory may
         return at once (the common path), waking the caller with its lease;
-        unless ``hold``, a caller with a lease uses it and releases it."""
+        unless ``hold``, a caller with a lease uses it and releases it.
+        ``at_once``: a driver that owns the ledger calls a sync factory on
+        a miss with no creation in flight, before any creation exists."""
+        if factory.startswith("at_once") and key not in self.model.creations:
+            self.acquire_at_once(key, factory == "at_once", hold, data)
+            return
         found, started = self.ledger.lookup(key)
         model_entry = self.model.entries.get(key)
         if model_entry is not None:
@@ -334,6 +339,33 @@ class LedgerMachine(RuleBasedStateMachine):
             self.complete(key, ok=True, data=data)
             if self.wake(self.waiters[-1]) and not hold:
                 self.release_entry(*self.leases.pop(), data)
+
+    def acquire_at_once(self, key: int, ok: bool, hold: bool, data: Any) -> None:
+        found = self.ledger.hit(key)
+        model_entry = self.model.entries.get(key)
+        if model_entry is not None:
+            assert found is not None and found.resource is model_entry.resource
+            model_entry.refs += 1
+            model_entry.doomed = False
+            model_entry.idle_since = None
+            self.model.totals.hits += 1
+            self.leases.append((found, found.resource))
+        else:
+            assert found is None, f"hit on uncached key {key}"
+            self.model.totals.misses += 1
+            if not ok:
+                self.ledger.failed_at_once()
+                self.model.totals.factory_errors += 1
+                return
+            resource = Res(len(self.created_resources))
+            self.created_resources.append(resource)
+            entry = self.ledger.created_at_once(key, resource)
+            assert entry.key == key and entry.live
+            self.model.totals.created_total += 1
+            self.model.entries[key] = ModelEntry(key, resource, 1, False)
+            self.leases.append((entry, resource))
+        if not hold:
+            self.release_entry(*self.leases.pop(), data)
 
     @rule(keys=st.lists(KEYS, min_size=2, max_size=5, unique=True), data=st.data())
     def use_several(self, keys: list[int], data: Any) -> None:

@@ -1,5 +1,5 @@
 """Small asyncio helpers: tasks that finish what they start, wake-ups across
-threads, and awaitables of any kind.
+threads, awaitables of any kind, and word of a loop's shutdown.
 
 Nothing here knows about pools, partitions or ledgers. Nothing here holds
 state that two threads share: every function acts on the objects it is
@@ -10,9 +10,10 @@ which is asyncio's one thread-safe entry into another loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from inspect import CO_ITERABLE_COROUTINE
 from types import GeneratorType
 from typing import Any, TypeGuard, TypeVar, cast
@@ -22,6 +23,7 @@ __all__ = [
     "as_coroutine",
     "call_soon_threadsafe",
     "is_awaitable",
+    "on_shutdown",
     "resolve",
     "resolve_threadsafe",
     "start_task",
@@ -126,3 +128,34 @@ def call_soon_threadsafe(
 def resolve_threadsafe(future: asyncio.Future[R], value: R) -> None:
     """:func:`resolve` from any thread; nothing if the future's loop closed."""
     call_soon_threadsafe(future.get_loop(), resolve, future, value)
+
+
+async def _shutdown_hook(
+    loop: asyncio.AbstractEventLoop, then: Callable[[], Awaitable[None]]
+) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        # Only the loop's shutdown_asyncgens() is news; a generator closed
+        # anywhere else (collected with its keeper) has nothing to do.
+        if asyncio._get_running_loop() is loop:
+            await then()
+
+
+def on_shutdown(
+    loop: asyncio.AbstractEventLoop, then: Callable[[], Awaitable[None]]
+) -> AsyncGenerator[None, None] | None:
+    """Have ``loop`` (the running loop) await ``then()`` as it shuts down.
+
+    An async generator is left at its ``yield``: ``loop.shutdown_asyncgens()``
+    (which ``asyncio.run`` calls once it has cancelled the tasks, before it
+    closes the loop) closes it, and its ``finally`` awaits ``then()`` there.
+    Returns the generator, for the caller to keep (the loop holds it weakly),
+    or ``None`` if the loop shuts down already (too late: it would warn).
+    """
+    if getattr(loop, "_asyncgens_shutdown_called", False):
+        return None
+    hook = _shutdown_hook(loop, then)
+    with contextlib.suppress(StopIteration):  # it runs to its yield
+        hook.asend(None).__await__().send(None)
+    return hook

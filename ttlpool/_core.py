@@ -37,19 +37,18 @@ arms the timer). Time is an argument (``now``), so a test can drive the
 ledger through any interleaving with a manual clock.
 
 - ``hit(key)``: the entry, with one more reference, or ``None`` for a miss.
-  A hit touches neither the idle order nor the timer (a timer that fires
-  for nothing due re-arms).
+  A hit touches neither the idle order nor the timer.
 - ``lookup``/``listen``/``withdraw``/``created``/``failed``: the life of one
-  creation. Waiters are counted; when the factory returns, the entry starts
-  with one reference per waiter still waiting.
+  creation, whose entry starts with one reference per waiter still waiting
+  (``created_at_once``: a sync factory on a ledger one thread owns).
 - ``release(entry, now)``: one reference fewer. At zero the entry is
   finalized now (``ttl == 0``, or marked by ``expire``) or joins the idle
   order (:mod:`ttlpool._idle`) with its deadline; ``max_idle`` evicts from
   the front. The answer is a small bit set (``FINALIZE``, ``ARM``,
   ``EVICTED``).
 - ``timer_fired(now, limit)``: takes at most ``limit`` expired entries from
-  the front (reaping costs O(expired) plus the stale occurrences it skips,
-  each skipped once) and says when to wake up next.
+  the front (O(expired), plus stale occurrences, each skipped once) and
+  says when to wake up next.
 - ``expire``/``evict_all``: retire one key (draining leases first) or all.
 - ``retire_into(heir)``: the ledger's loop closed; another partition's
   ledger takes over what is left to finalize.
@@ -132,7 +131,6 @@ class Ledger(IdleOrder[K, T]):
         "max_idle",
         "misses",
         "owed",
-        "timer_deadline",
         "victims",
     )
 
@@ -151,7 +149,6 @@ class Ledger(IdleOrder[K, T]):
         #: ``evict_all`` retired while held.
         self.keyed: dict[Entry[K, T], int] = {}
         self.owed: dict[K, int] = {}
-        self.timer_deadline: float | None = None
         # Running totals.
         self.hits = 0
         self.misses = 0
@@ -318,6 +315,18 @@ class Ledger(IdleOrder[K, T]):
             return entry, 0
         return entry, Ledger.release(self, entry, now)  # pyright: ignore[reportUnknownMemberType]
 
+    def created_at_once(self, key: K, resource: T) -> Entry[K, T]:
+        """A sync factory returned before any creation of ``key`` existed:
+        the entry, with the caller's reference (see ``failed_at_once``)."""
+        self.misses += 1
+        self.created_total += 1
+        entry = self.entries[key] = Entry(key, resource, 1)
+        return entry
+
+    def failed_at_once(self) -> None:
+        self.misses += 1
+        self.factory_errors += 1
+
     def failed(self, creation: Creation[K, T], error: BaseException) -> None:
         """The factory raised: every waiter gets ``error``, nothing is cached."""
         del self.creating[creation.key]
@@ -388,10 +397,9 @@ class Ledger(IdleOrder[K, T]):
     def retire_into(self, heir: Ledger[K, T]) -> list[Entry[K, T]]:
         """This ledger's event loop closed: ``heir`` takes its work over.
 
-        Every live entry is evicted and returned (the heir finalizes them);
-        every finalization in flight moves to the heir's ``finalizing`` (the
-        heir settles it: finalized, or abandoned if it was cut off); the
-        creations in flight are dropped, as their waiters were on that loop.
+        Every live entry is evicted and returned for the heir to finalize;
+        every finalization in flight moves to the heir's ``finalizing``; the
+        creations in flight are dropped (their waiters were on that loop).
         The running totals stay here for the driver to keep.
         """
         evicted = self.evict_all()
@@ -435,14 +443,6 @@ class Ledger(IdleOrder[K, T]):
         if front is not None and front.deadline != _INF:
             self.timer_deadline = front.deadline
         return expired, self.timer_deadline
-
-    def timer_lost(self, now: float) -> float | None:
-        """The armed timer can no longer fire (its loop closed): re-arm for now."""
-        self.timer_deadline = None
-        front = self._front()
-        if front is not None and front.deadline != _INF:
-            self.timer_deadline = now
-        return self.timer_deadline
 
     # -- observation ---------------------------------------------------------
 

@@ -76,7 +76,14 @@ class Entry(Generic[K, T]):
 class IdleOrder(Generic[K, T]):
     """Idle entries in release order (see the module doc)."""
 
-    __slots__ = ("idle_count", "last_deadline", "queue", "ttl", "ttl_is_zero")
+    __slots__ = (
+        "idle_count",
+        "last_deadline",
+        "queue",
+        "timer_deadline",
+        "ttl",
+        "ttl_is_zero",
+    )
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
@@ -87,6 +94,8 @@ class IdleOrder(Generic[K, T]):
         #: The latest deadline handed out: releases within its grid step
         #: share it.
         self.last_deadline: float = -_INF
+        #: The deadline the driver has a timer armed for (``None``: none).
+        self.timer_deadline: float | None = None
 
     def queue_idle(self, entry: Entry[K, T], now: float) -> float:
         """``entry`` just became idle at ``now``: give it its deadline and
@@ -106,6 +115,14 @@ class IdleOrder(Generic[K, T]):
             if len(queue) > 2 * self.idle_count + _SLACK:
                 self._compact()
         return deadline
+
+    def timer_lost(self, now: float) -> float | None:
+        """The armed timer can no longer fire (its loop closed): re-arm for now."""
+        self.timer_deadline = None
+        front = self._front()
+        if front is not None and front.deadline != _INF:
+            self.timer_deadline = now
+        return self.timer_deadline
 
     def forget_order(self) -> None:
         """No entry is idle any more (all were evicted)."""

@@ -65,15 +65,11 @@ log = logging.getLogger("ttlpool")
 REAP_SLICE = 128
 
 
-async def _watch_shutdown(part: Partition[Any, Any]) -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        # Only its loop's shutdown_asyncgens() is news; a generator closed
-        # anywhere else (collected with its partition) has nothing to do.
-        loop = asyncio._get_running_loop()
-        if loop is part.loop and part.mailbox.owner is Owner.LIVE:
-            await part.shutting_down()
+def _factory_failed(exc: BaseException, key: object) -> BaseException:
+    """``exc``, which the factory for ``key`` raised, with a note that says so."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(f"ttlpool: factory for key {key!r} failed")
+    return exc
 
 
 class Partition(Generic[K, T]):
@@ -131,6 +127,28 @@ class Partition(Generic[K, T]):
 
     # -- creation --------------------------------------------------------------
 
+    def create_at_once(self, key: K) -> Entry[K, T] | Creation[K, T]:
+        """A miss on this loop's own ledger, with no creation of ``key`` in
+        flight: call the factory now. A sync result is the entry (holding
+        the caller's reference); an awaitable starts a creation whose job
+        awaits it. What the factory raises is the caller's."""
+        ledger = self.ledger
+        try:
+            result = self.settings.factory(key)
+        except BaseException as exc:
+            ledger.failed_at_once()
+            _factory_failed(exc, key)
+            raise
+        if not is_awaitable(result):
+            return ledger.created_at_once(key, result)
+        creation, _ = ledger.lookup(key, missed=True)
+        assert isinstance(creation, Creation)
+        creation.owner = self
+        self._start_creation(creation, result)
+        if creation.done and creation.entry is not None:
+            return creation.entry  # its task ran to the end eagerly (3.12+)
+        return creation
+
     def create(self, creation: Creation[K, T]) -> None:
         """Call the factory for ``creation``; an awaitable result is awaited
         in a job. A ``BaseException`` from a sync factory fails the
@@ -145,7 +163,10 @@ class Partition(Generic[K, T]):
         if not is_awaitable(result):
             self.creation_ended(creation, result)
             return
-        job = CreationJob(creation, result)
+        self._start_creation(creation, result)
+
+    def _start_creation(self, creation: Creation[K, T], awaitable: Any) -> None:
+        job = CreationJob(creation, awaitable)
         self.jobs.add(job)
         job.task = start_task(self.loop, self._run_creation(job))
 
@@ -179,9 +200,7 @@ class Partition(Generic[K, T]):
         the ledger decided for an entry nobody waits for any more."""
         action = 0
         if error is not None:
-            if sys.version_info >= (3, 11):
-                error.add_note(f"ttlpool: factory for key {creation.key!r} failed")
-            self.ledger.failed(creation, error)
+            self.ledger.failed(creation, _factory_failed(error, creation.key))
         else:
             action = self.ledger.created(creation, resource, self.now())[1]
         for waiter in creation.listeners:
@@ -274,20 +293,14 @@ class Partition(Generic[K, T]):
         return tasks
 
     def _failed(self, exc: BaseException, key: object) -> BaseException | None:
-        """Report a finalizer's ``Exception``; return the ``BaseException``
-        to re-raise (``exc`` itself, or one the ``on_error`` hook raised),
-        logged here too, since a background job has nobody to raise it to."""
+        """Report a finalizer's ``Exception``; return, logged, the
+        ``BaseException`` to re-raise (``exc``, or one ``on_error`` raised)."""
         if isinstance(exc, Exception):
             interrupt = self.settings.report(exc, "finalize", key)
         else:
             interrupt = exc
         if interrupt is not None:
-            log.error(
-                "ttlpool: finalize of key %r raised %r",
-                key,
-                interrupt,
-                exc_info=interrupt,
-            )
+            log.error("ttlpool: finalize of key %r raised", key, exc_info=interrupt)
         return interrupt
 
     def _start_finalization(self, job: Finalization) -> FinalizationTask:
@@ -298,8 +311,8 @@ class Partition(Generic[K, T]):
 
     async def _run_finalization(self, job: Finalization) -> BaseException | None:
         """Await a finalizer's awaitable; return the ``BaseException`` for
-        whoever waits for the job to re-raise (raised here, a
-        other jobs and the bookkeeping of their waiters are done)."""
+        whoever waits for the job to re-raise (not raised here: the task
+        would take it out of the loop before the other jobs ended)."""
         assert job.awaitable is not None
         enter(job.entry, job.awaitable)
         try:
@@ -316,31 +329,15 @@ class Partition(Generic[K, T]):
 
     # -- the loop's shutdown ----------------------------------------------------
 
-    def watch_shutdown(self) -> None:
-        """Have the running loop tell this partition when it shuts down.
-
-        Called on the partition's loop, while it runs. An async generator
-        is started and left at its ``yield``; ``loop.shutdown_asyncgens()``,
-        which ``asyncio.run`` (and every careful loop owner) calls after
-        cancelling the loop's tasks and before closing it, closes it, and its
-        ``finally`` block waits there for every job of this partition. So a
-        finalizer that an idle deadline starts while the loop shuts down
-        still runs to its end on its own loop.
-        """
-        if getattr(self.loop, "_asyncgens_shutdown_called", False):
-            return  # too late: the loop would warn, and shuts down now
-        watcher = _watch_shutdown(self)
-        try:
-            watcher.asend(None).__await__().send(None)
-        except StopIteration:  # it reached its yield
-            self.watcher = watcher
-
     async def shutting_down(self) -> None:
-        """The loop shuts down: from now on it claims no request and its
-        timer starts nothing (what is left goes to whoever adopts the
-        partition once the loop closed); wait for every job and request in
-        flight to end."""
+        """The loop shuts down (:func:`~ttlpool._aio.on_shutdown`): from now
+        on it claims no request and its timer starts nothing (what is left
+        goes to whoever adopts the partition once the loop closed); wait
+        for every job and request in flight to end, so that a finalizer
+        started during the shutdown still runs to its end on its own loop."""
         mailbox = self.mailbox
+        if mailbox.owner is not Owner.LIVE:
+            return
         with mailbox.lock:
             mailbox.closing = True
         if self.timer is not None:
@@ -404,18 +401,15 @@ class Partition(Generic[K, T]):
         return self.finalize([entry]) if entry is not None else []
 
     def adopt(self, dead: Partition[K, T]) -> list[FinalizationTask]:
-        """Take over what a partition whose loop closed left behind.
+        """Take over, on this loop, what a partition whose loop closed left.
 
-        Runs on this partition's loop. The dead loop's jobs never run again:
-        a finalization that never started is started here, one that started
-        is reported as cut off (never run twice); a creation is dropped (or,
-        on a shared ledger, failed, so its waiters on live loops start a new
-        one). Per loop, the dead ledger's entries are finalized here; on a
-        shared ledger they stay, and its timer, if the dead loop held it, is
-        armed here instead.
+        Its jobs never run again: a finalization that never started starts
+        here, one that started is reported as cut off (never run twice); a
+        creation is dropped (on a shared ledger, failed: its waiters on live
+        loops start over). Per loop, its entries are finalized here; on a
+        shared ledger they stay, and the timer it held is armed here.
         """
-        # First the ledger, so that every finalization in flight is the
-        # heir's to settle below.
+        # The ledger first: every finalization in flight is then ours.
         if dead.ledger is self.ledger:
             lost = CreationLost("the event loop running this creation closed")
             for creation in self.ledger.fail_creations(dead, lost):

@@ -37,7 +37,7 @@ from _thread import get_ident
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
-from ttlpool._aio import call_soon_threadsafe
+from ttlpool._aio import call_soon_threadsafe, on_shutdown
 from ttlpool._checks import unhashable
 from ttlpool._core import Creation, Entry, Ledger
 from ttlpool._handover import Answer, Owner, Request, Route
@@ -179,15 +179,26 @@ class Partitions(Generic[K, T]):
         part = missed_in
         if part is None or self.closed:
             part = self.partition_for(asyncio.get_running_loop(), key, operation)
+        ledger = part.ledger
+        found: Entry[K, T] | Creation[K, T] | None = None
+        started = False
         try:
-            found, started = part.ledger.lookup(key, part is missed_in)
+            if not part.own_ledger or key in ledger.creating:
+                found, started = ledger.lookup(key, part is missed_in)
+            elif part is not missed_in:
+                found = ledger.hit(key)
         except TypeError:
             raise unhashable(operation, key) from None
-        if started:
-            assert isinstance(found, Creation)
-            found.owner = part
+        if found is None or started:
             if len(self.all) > 1:
                 self.sweep(part)
+            if found is None:
+                # This loop's thread alone touches its ledger, and no other
+                # acquire can run during a sync call: the factory is called
+                # before any creation exists (only an awaitable makes one).
+                return part, part.create_at_once(key)
+            assert isinstance(found, Creation)
+            found.owner = part
             part.create(found)
         if isinstance(found, Creation) and found.done and found.entry is not None:
             return part, found.entry  # no coroutine for a sync factory
@@ -234,7 +245,7 @@ class Partitions(Generic[K, T]):
         """A partition for ``loop``, the running loop (``_lock`` held)."""
         ledger: Ledger[K, T] = self.shared or Ledger(self.ttl, self.max_idle)
         part = self.all[loop] = Partition(loop, ledger, self.settings, self.lock)
-        part.watch_shutdown()
+        part.watcher = on_shutdown(loop, part.shutting_down)
         return part
 
     # -- work that crosses loops -----------------------------------------------
