@@ -35,6 +35,7 @@ LAYERS = [
     "_clear",
     "_lease",
     "pool",
+    "_shared_pool",
     "drain",
     "_worker_loop",
     "_requests",

@@ -23,8 +23,10 @@ Theory of operation
 *What it hosts.* What must not depend on a caller's loop: the pool's idle
 timers, whichever loop released the worker (so an idle worker is reaped
 after the loop that used it has closed, and its teardown is never cut off
-by that loop's shutdown), and the tasks serving ``run_sync`` and ``lease``
-callers, who may have no loop.
+by that loop's shutdown), the tasks serving ``lease`` callers and the
+``run_sync`` callers who missed (they may have no loop), and what follows
+a lease given back on another thread (:meth:`ControlLoop.give_back`), when
+more than the common case follows.
 
 *Admission.* A dispatch admits its request (:meth:`ControlLoop.begin_dispatch`)
 to the current control loop, or to a new one if there is none or it no
@@ -52,7 +54,9 @@ State that two threads reach
     ``_current``, ``_controls``, ``_live_workers``, ``_pending_timers``,
     ``_closed``, ``_threads``, ``_numbers``: any thread, under ``_lock``.
     (The end of a dispatch reads ``_live_workers`` and ``_pending_timers``
-    without it, as hints: the retirement check reads them again under it.)
+    without it, as hints: the retirement check reads them again under it;
+    ``give_back`` reads ``_current`` without it: a control loop that no
+    longer admits refuses the follow-up, which then goes the locked way.)
     ``_lock`` comes before any ``_WorkerLoop._lock`` and guards bookkeeping
     only: never held across an ``await`` or while user code runs.
     ``_serving``, ``_shutdown_task``: control-loop threads only. A serving
@@ -242,6 +246,33 @@ class ControlLoop:
             # which may then retire (see the module docstring).
             self._serving.discard(cast("asyncio.Task[None]", asyncio.current_task()))
             self.end_dispatch(control, request)
+
+    # -- leases given back on other threads --------------------------------------------
+
+    def give_back(self, release: Callable[[], Callable[[], object] | None]) -> None:
+        """A pool lease goes back from any thread: ``release()`` gives it
+        back and returns what must follow on the control loop (arming the
+        pool's timer, finalizing), or ``None`` in the common case (no hop).
+
+        ``release`` runs under the control loop's admission lock, so that
+        its follow-up is posted before ``stop`` can retire that loop, and
+        runs. (A held lease keeps its worker alive, which keeps the control
+        loop from retiring by itself; once ``stop`` has retired it, the
+        pool is closed and every entry evicted, so a release gives back
+        nothing.) A follow-up the control loop refuses (its thread died)
+        goes to a new one, as a timer would.
+        """
+        control = self._current  # a hint (see the module docstring)
+        if control is not None and control.decide_and_post(release):
+            return
+        follow_up = release()
+        if follow_up is None:
+            return
+        with self._lock:
+            if not self._closed:
+                self._admit_locked(None, lambda _control: follow_up())
+            elif self._current is not None:
+                self._current.post(follow_up)
 
     # -- workers ---------------------------------------------------------------------
 

@@ -171,12 +171,15 @@ class _Call:
             self.error = error
         if self._worker is not None:
             self._worker.forget(self)
-        # The lease's release is posted before the caller hears of the
-        # outcome, hence before the caller's next dispatch: with ttl=0,
-        # sequential dispatches get fresh loops.
-        if self._on_finish is not None:
-            self._on_finish()
-        self._notify()
+        # The lease goes back before the caller hears of the outcome, hence
+        # before the caller's next dispatch: with ttl=0, sequential
+        # dispatches get fresh loops. The caller hears of it whatever the
+        # release does.
+        try:
+            if self._on_finish is not None:
+                self._on_finish()
+        finally:
+            self._notify()
         return True
 
     # -- the caller ---------------------------------------------------------------

@@ -18,9 +18,10 @@ State that two threads reach
 ``_WorkerLoop``
     ``_retiring``, ``_requests``, ``_exit_callbacks``, ``_exited``: any
     thread, under ``_lock``. ``loop``: run by ``thread`` alone; other
-    threads post to it through ``admit``, ``post`` and ``retire``, under
-    ``_lock`` and only while not retiring, so never to a closed loop (the
-    one other poster, ``_Call.cancel``, tolerates a closed loop).
+    threads post to it through ``admit``, ``post``, ``decide_and_post``
+    and ``retire``, under ``_lock`` and only while not retiring, so never
+    to a closed loop (the one other poster, ``_Call.cancel``, tolerates a
+    closed loop).
     ``_drainer``: its thread only.
 """
 
@@ -134,6 +135,25 @@ class _WorkerLoop:
     def post(self, callback: Callable[[], object]) -> bool:
         """Run ``callback`` on the loop, unless retiring: :meth:`admit` alone."""
         return self.admit(None, callback)
+
+    def decide_and_post(
+        self, decide: Callable[[], Callable[[], object] | None]
+    ) -> bool:
+        """Unless retiring, call ``decide()`` and run the callback it returns
+        (if any) on the loop; return whether ``decide`` was called.
+
+        Both happen under the admission lock, so whatever ``decide`` did is
+        followed up on the loop before a retirement can start its drain:
+        the two cannot fall apart. ``decide`` must be short and take no
+        lock but leaf locks (it runs under this loop's).
+        """
+        with self._lock:
+            if self._retiring:
+                return False
+            callback = decide()
+            if callback is not None:
+                self.loop.call_soon_threadsafe(callback)
+        return True
 
     def forget(self, request: _Request) -> bool:
         """Stop tracking ``request``; return whether none is tracked now."""

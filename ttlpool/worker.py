@@ -7,8 +7,9 @@ how a loop runs its thread (:mod:`ttlpool._worker_loop`) or a call its
 task (:mod:`ttlpool._requests`); when the control loop starts, what keeps
 it alive and how it retires (:mod:`ttlpool._control`: this module admits
 requests to it and reports the workers it makes and retires; none of
-these modules imports this one); and the pool's insides: it uses
-:class:`~ttlpool.ResourcePool` only through its public API, with the
+these modules imports this one); and the pool's insides: it uses a
+:class:`~ttlpool._shared_pool.SharedPool` (a ``ResourcePool`` whose leases
+threads take and give back) through its methods, with the
 :class:`~ttlpool._control.ControlLoop` as its :class:`~ttlpool.clock.Clock`.
 
 Theory of operation
@@ -19,13 +20,19 @@ and its daemon thread ``"{name}-{n}"``); the pool's factory starts one, its
 finalizer retires one. Workers are loop-agnostic, so the pool shares its
 entries across loops (``per_loop=False``).
 
-*A dispatch* admits its request to the control loop (which starts one if
-there is none) and keeps it there until its lease is released. ``run``
-leases straight from the caller's loop (a pool hit: no thread hop);
-``run_sync`` and ``lease`` are served by a task on the control loop that
-holds the lease while the worker runs the call or the caller holds the
-loop. The pool's idle timer lives on the control loop too, so reaping
-never depends on a caller's loop staying alive.
+*A call* (``run``, ``run_sync``) takes a hit's lease on the caller's
+thread, with no event loop (the entries live in one ledger that locks
+itself); the worker runs it, and its thread gives the lease back when the
+call ends, before it wakes the caller up. So a warm ``run_sync`` crosses
+two threads, caller to worker and back. The control loop hears of a call
+only on the rare paths: a release that must arm the idle timer or retire
+the worker (``ttl=0``) posts that to it
+(:meth:`~ttlpool._control.ControlLoop.give_back`); a miss is admitted to
+it (starting one if there is none) until its lease is taken, on the
+caller's loop for ``run``, by a control task for ``run_sync``. ``lease``
+is served by a control task holding the lease while the caller holds the
+loop. The idle timer lives on the control loop, so reaping never depends
+on a caller's loop staying alive.
 
 *Cancellation.* Cancelling a ``run`` cancels the task on the worker and
 waits for it to unwind, as ``asyncio.TaskGroup`` does; a second
@@ -33,8 +40,8 @@ cancellation stops the wait. A call still unfinished when its worker goes
 (its task ignored the cancellation) fails with ``RuntimeError`` instead of
 hanging its caller.
 
-*Teardown of one worker* (the finalizer: on the control loop when the TTL
-reaps it, inside the release with ``ttl=0``): the worker admits no new
+*Teardown of one worker* (the finalizer, on the control loop: when the
+TTL reaps it, or after its last release with ``ttl=0``): it admits no new
 call and drains; its thread closes its loop and signals the finalizer,
 which waits for that without blocking. The pool takes an entry out before
 finalizing it, so a dispatch during a teardown gets a fresh worker at once.
@@ -48,8 +55,11 @@ State that two threads reach
 
 ``WorkerLoopPool`` has none of its own: its attributes are set at
 construction and only read after. What changes lives in the
-``ControlLoop`` (under its lock), in the pool (under its own rules) and in
-the requests (:mod:`ttlpool._requests`).
+``ControlLoop`` (under its lock), in the pool (an entry's count under the
+shared ledger's lock, from any thread; the rest on the control loop) and
+in the requests (:mod:`ttlpool._requests`). A call's lease (an entry
+holding one reference) is taken by the caller's thread, or a control task
+on a miss, and given back once, by whichever thread ends the call.
 """
 
 from __future__ import annotations
@@ -66,10 +76,11 @@ from typing import Any, TypeVar, cast
 from ttlpool._aio import resolve_threadsafe
 from ttlpool._checks import check_seconds
 from ttlpool._control import EXIT_GRACE, ControlLoop
+from ttlpool._core import Entry
 from ttlpool._requests import _Call, _LeaseRequest, _LoopWaiter
+from ttlpool._shared_pool import SharedPool
 from ttlpool._worker_loop import _WorkerLoop
 from ttlpool.errors import PoolClosedError
-from ttlpool.pool import ResourcePool
 from ttlpool.stats import PoolStats
 
 __all__ = ["DEFAULT_KEY", "WorkerLoopPool"]
@@ -81,9 +92,8 @@ log = logging.getLogger("ttlpool")
 #: The key of ``run``, ``run_sync`` and ``lease`` when none is given.
 DEFAULT_KEY = "worker"
 
-
-def _released_by_caller() -> None:
-    """``run`` releases its lease itself, on the caller's loop."""
+#: A worker loop's lease: its pool entry, holding one reference.
+_Lease = Entry[Hashable, _WorkerLoop]
 
 
 class WorkerLoopPool:
@@ -138,15 +148,15 @@ class WorkerLoopPool:
         self._loop_factory = loop_factory
         self._name = name
         self._control_loop = ControlLoop(name, self._drain_timeout, self._join_timeout)
-        # run() leases straight from the caller's loop and run_sync/lease
-        # from the control loop, so the (loop-agnostic) workers are shared
-        # across loops; the idle timer always lives on the control loop, so
-        # reaping never depends on a caller's loop staying alive.
-        self._pool: ResourcePool[Hashable, _WorkerLoop] = ResourcePool(
+        # Calls lease from the caller's thread (a miss: its loop, or the
+        # control loop) and give back from the worker's, so the
+        # (loop-agnostic) workers are shared across loops; the idle timer
+        # always lives on the control loop, so reaping never depends on a
+        # caller's loop staying alive.
+        self._pool: SharedPool[Hashable, _WorkerLoop] = SharedPool(
             self._create_worker,
             finalizer=self._retire_worker,
             ttl=ttl,
-            per_loop=False,
             clock=self._control_loop,
         )
 
@@ -191,15 +201,18 @@ class WorkerLoopPool:
         ``CancelledError``; if the worker loop goes away with the task
         still running (it ignored its cancellation), ``RuntimeError``.
         """
+        self._check_open("run", key)
         waiter = _LoopWaiter(asyncio.get_running_loop())
         call = _Call(fn, args, kwargs, waiter.notify)
-        control = self._begin_dispatch("run", key, call)
-        try:
-            async with self._pool.get(key) as worker:
-                call.attach(worker, _released_by_caller)
-                result: T = await self._outcome(call, waiter)
-        finally:
-            self._control_loop.end_dispatch(control, call)
+        lease = self._pool.lease_from_any_thread(key)  # a hit, on this thread
+        if lease is None:  # a miss: the worker is made on this loop
+            control = self._begin_dispatch("run", key, call)
+            try:
+                lease = await self._pool.lease_here(key, "run")
+            finally:
+                self._control_loop.end_dispatch(control, call)
+        self._start(call, lease)
+        result: T = await self._outcome(call, waiter)
         return result
 
     async def _outcome(self, call: _Call, waiter: _LoopWaiter) -> Any:
@@ -230,21 +243,29 @@ class WorkerLoopPool:
         """:meth:`run`, for a thread with no running event loop: blocks.
 
         No event loop is made in the calling thread: the call is posted
-        to the control loop and the caller waits on a plain lock that the
-        worker thread releases with the outcome. A ``KeyboardInterrupt``
-        during the wait cancels the worker task and propagates at once.
-        Called from a thread whose event loop is running, it raises
-        ``RuntimeError`` (it would block that loop): use ``await run()``.
+        to the worker loop (on a miss, by the control loop, which makes the
+        worker) and the caller waits on a plain lock that the worker thread
+        releases with the outcome, once it has given the worker back. A
+        ``KeyboardInterrupt`` during the wait cancels the worker task and
+        propagates at once. Called from a thread whose event loop is
+        running, it raises ``RuntimeError`` (it would block that loop): use
+        ``await run()``.
         """
         if asyncio._get_running_loop() is not None:
             raise RuntimeError(
                 "run_sync: an event loop is running in this thread and would be "
                 "blocked; use `await WorkerLoopPool.run(...)` instead"
             )
+        self._check_open("run_sync", key)
         finished = threading.Lock()
         finished.acquire()
         call = _Call(fn, args, kwargs, finished.release)
-        self._begin_dispatch("run_sync", key, call, serve=True)
+        lease = self._pool.lease_from_any_thread(key)  # a hit, on this thread
+        if lease is None:  # a miss: a control task makes the worker
+            serve = functools.partial(self._lease_and_start, key, call)
+            self._begin_dispatch("run_sync", key, call, serve)
+        else:
+            self._start(call, lease)
         try:
             finished.acquire()
         except BaseException:
@@ -264,9 +285,11 @@ class WorkerLoopPool:
         or ``loop.call_soon_threadsafe``; tasks left on it are cancelled
         when it is retired.
         """
+        self._check_open("lease", key)
         waiter = _LoopWaiter(asyncio.get_running_loop())
         request = _LeaseRequest(waiter.notify)
-        self._begin_dispatch("lease", key, request, serve=True)
+        serve = functools.partial(self._serve_lease, key, request)
+        self._begin_dispatch("lease", key, request, serve)
         try:
             await waiter.future
         except BaseException:
@@ -325,35 +348,59 @@ class WorkerLoopPool:
 
     # -- dispatches ------------------------------------------------------------
 
+    def _check_open(self, operation: str, key: Hashable) -> None:
+        """Raise for an unhashable ``key``, or once stopped."""
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"{operation}: key {key!r} is unhashable") from None
+        if self._control_loop.closed:
+            raise self._closed_error(operation, key)
+
+    def _closed_error(self, operation: str, key: Hashable) -> PoolClosedError:
+        return PoolClosedError(
+            f"{operation}: WorkerLoopPool {self._name!r} is stopped (key {key!r})"
+        )
+
     def _begin_dispatch(
         self,
         operation: str,
         key: Hashable,
         request: _Call | _LeaseRequest,
-        serve: bool = False,
+        serve: Callable[[], Awaitable[None]] | None = None,
     ) -> _WorkerLoop:
-        """Admit ``request`` to a control loop, starting one if needed.
-
-        With ``serve``, a control task then leases ``key``'s worker for it
-        and the dispatch ends with that task; without, the caller ends it
-        with ``ControlLoop.end_dispatch``. Until then, that control loop
-        does not retire. Raises once stopped.
-        """
-        try:
-            hash(key)
-        except TypeError:
-            raise TypeError(f"{operation}: key {key!r} is unhashable") from None
-        work = functools.partial(self._serve, key, request) if serve else None
-        control = self._control_loop.begin_dispatch(request, work)
+        """Admit ``request`` to a control loop (see
+        ``ControlLoop.begin_dispatch``), starting one if needed; raise once
+        stopped."""
+        control = self._control_loop.begin_dispatch(request, serve)
         if control is None:
-            raise PoolClosedError(
-                f"{operation}: WorkerLoopPool {self._name!r} is stopped (key {key!r})"
-            )
+            raise self._closed_error(operation, key)
         return control
 
-    async def _serve(self, key: Hashable, request: _Call | _LeaseRequest) -> None:
+    def _start(self, call: _Call, lease: _Lease) -> None:
+        """Run ``call`` on the leased worker. When it ends, the thread that
+        ends it gives the lease back, and what must follow (rarely) goes to
+        the control loop."""
+        release = functools.partial(self._pool.release_from_any_thread, lease)
+        call.attach(
+            lease.resource, functools.partial(self._control_loop.give_back, release)
+        )
+
+    async def _lease_and_start(self, key: Hashable, call: _Call) -> None:
+        """On the control loop: lease ``key``'s worker for a ``run_sync`` that
+        missed (it is made here), and start ``call`` on it."""
+        try:
+            lease = await self._pool.lease_here(key, "run_sync")
+        except BaseException as exc:
+            call.fail(exc)
+            if not isinstance(exc, Exception):  # the control loop's drain, say
+                raise
+            return
+        self._start(call, lease)
+
+    async def _serve_lease(self, key: Hashable, request: _LeaseRequest) -> None:
         """On the control loop: hold a lease of ``key``'s worker for as long
-        as ``request`` runs."""
+        as the caller of ``lease`` holds its loop."""
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[None] = loop.create_future()
         try:
