@@ -124,6 +124,10 @@ class IdleOrder(Generic[K, T]):
             self.timer_deadline = now
         return self.timer_deadline
 
+    def timer_gone(self) -> None:
+        """The armed timer was cancelled with its loop: none is armed now."""
+        self.timer_deadline = None
+
     def forget_order(self) -> None:
         """No entry is idle any more (all were evicted)."""
         self.queue.clear()

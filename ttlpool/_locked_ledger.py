@@ -59,7 +59,7 @@ class LockedLedger(Ledger[K, T]):
         self, key: K, missed: bool = False
     ) -> tuple[Entry[K, T] | Creation[K, T], bool]:
         with self.lock:
-            return super().lookup(key)
+            return super().lookup(key, missed)
 
     def listen(self, creation: Creation[K, T], listener: object) -> bool:
         with self.lock:
@@ -110,6 +110,10 @@ class LockedLedger(Ledger[K, T]):
     def timer_lost(self, now: float) -> float | None:
         with self.lock:
             return super().timer_lost(now)
+
+    def timer_gone(self) -> None:
+        with self.lock:
+            super().timer_gone()
 
     def pending_cleanup(self) -> dict[K, float | None]:
         with self.lock:

@@ -341,7 +341,9 @@ class Partition(Generic[K, T]):
         with mailbox.lock:
             mailbox.closing = True
         if self.timer is not None:
-            self.timer.cancel()  # kept: the adopter re-arms a shared timer
+            self.cancel_timer()
+            if not self.own_ledger:  # the next release, on any loop, re-arms
+                self.ledger.timer_gone()
         while pending := [
             job.task for job in list(self.jobs) if job.task and not job.task.done()
         ] + list(mailbox.busy):
