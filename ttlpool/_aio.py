@@ -57,19 +57,52 @@ def start_task(
 ) -> asyncio.Task[R]:
     """A task of ``coro`` on ``loop`` (the running loop), in ``context``.
 
-    From Python 3.12 the task starts eagerly: it runs until its first
-    suspension before this returns, and a coroutine that never suspends
-    is done without a trip through the loop. ``finishing`` makes it a
-    :class:`FinishingTask`.
+    The task starts eagerly: it runs until its first suspension before this
+    returns, as the task itself (``current_task()`` is this task, and
+    ``asyncio.timeout`` inside it cancels this task), and a coroutine that
+    never suspends is done without a trip through the loop. From Python
+    3.12 asyncio does this (``eager_start``); before, :func:`_step_now`
+    does it on asyncio's own loops, and other loops run the first step in
+    turn. ``finishing`` makes it a :class:`FinishingTask`.
     """
     cls = cast("type[asyncio.Task[R]]", FinishingTask if finishing else asyncio.Task)
     if sys.version_info >= (3, 12):
         return cls(coro, loop=loop, context=context, eager_start=True)
     if sys.version_info >= (3, 11):
-        return cls(coro, loop=loop, context=context)
-    if context is not None:  # 3.10: a task copies the context it is made in
-        return context.run(cls, coro, loop=loop)
-    return cls(coro, loop=loop)
+        task = cls(coro, loop=loop, context=context)
+    elif context is not None:  # 3.10: a task copies the context it is made in
+        task = context.run(cls, coro, loop=loop)
+    else:
+        task = cls(coro, loop=loop)
+    _step_now(loop, task)
+    return task
+
+
+def _step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Before Python 3.12: run the first step of ``task``, just made, now.
+
+    A new task puts its first step at the back of its loop's ready queue.
+    On asyncio's own loops (whose ready queue is ``_ready``, a deque of
+    handles, on the versions this runs on, which change no more) that step
+    is taken out and run here, with the running task set aside meanwhile,
+    as 3.12's eager start does. Any other loop (uvloop) keeps the step
+    queued.
+    """
+    ready = getattr(loop, "_ready", None)
+    if not ready:
+        return
+    step = ready[-1]
+    if getattr(getattr(step, "_callback", None), "__self__", None) is not task:
+        return
+    ready.pop()
+    running = asyncio.current_task(loop)
+    if running is not None:
+        asyncio.tasks._leave_task(loop, running)
+    try:
+        step._run()
+    finally:
+        if running is not None:
+            asyncio.tasks._enter_task(loop, running)
 
 
 #: Whether instances of a type are awaitable, per type seen so far.

@@ -18,8 +18,8 @@ itself. ``given_back`` takes appends from any thread (one step each).
 Jobs run in tasks: a creation in an ordinary task (a loop that shuts down
 may cut its factory off: nothing is cached then), a finalization in a
 :class:`~ttlpool._aio.FinishingTask` (once started, a finalizer runs to its
-end, and counts as finalized only then). From Python 3.12 both start
-eagerly. A job's code knows which job it runs inside of (see
+end, and counts as finalized only then). Both start eagerly
+(:func:`~ttlpool._aio.start_task`). A job's code knows which job it runs inside of (see
 :data:`~ttlpool._jobs.INSIDE`).
 """
 
@@ -146,7 +146,7 @@ class Partition(Generic[K, T]):
         creation.owner = self
         self._start_creation(creation, result)
         if creation.done and creation.entry is not None:
-            return creation.entry  # its task ran to the end eagerly (3.12+)
+            return creation.entry  # its task ran to the end eagerly
         return creation
 
     def create(self, creation: Creation[K, T]) -> None:
