@@ -577,6 +577,21 @@ class LedgerMachine(RuleBasedStateMachine):
         assert all(deadline > self.reaped_until for deadline in finite)
 
     @invariant()
+    def the_lease_shortcut_holds_only_where_a_release_would_do_nothing_more(
+        self,
+    ) -> None:
+        """``reuse_before`` (the lease's inlined release): while it admits a
+        release of the entry last in the queue, that release needs no
+        finalizer, no eviction, no timer, and ``last_deadline`` is late
+        enough for it."""
+        ledger = self.ledger
+        if ledger.queue and ledger.reuse_before > -math.inf:  # (NaN: never)
+            assert ledger.reusable and ledger.max_idle is None
+            assert not ledger.doomed and not ledger.ttl_is_zero
+            assert ledger.timer_deadline is not None
+            assert ledger.reuse_before + ledger.ttl <= ledger.last_deadline
+
+    @invariant()
     def every_resource_is_live_finalizing_or_finalized_once(self) -> None:
         ledger = self.ledger
         assert ledger.finalizing == set(self.in_flight)

@@ -52,9 +52,6 @@ ledger through any interleaving with a manual clock.
 - ``expire``/``evict_all``: retire one key (draining leases first) or all.
 - ``retire_into(heir)``: the ledger's loop closed; another partition's
   ledger takes over what is left to finalize.
-
-``ttlpool._locked_ledger.LockedLedger`` is the same ledger with every
-operation under one thread lock, for entries that every loop shares.
 """
 
 from __future__ import annotations
@@ -83,10 +80,9 @@ _INF: Final = math.inf
 class Creation(Generic[K, T]):
     """A factory call in flight for one key, and who is waiting for it.
 
-    ``listeners`` and ``owner`` belong to the driver (how to wake a waiter
-    up, and who runs the factory); the ledger counts ``waiters`` and records
-    the outcome: ``entry`` when the factory returned, ``error`` when it
-    raised.
+    ``listeners`` and ``owner`` are the driver's (how to wake a waiter up,
+    who runs the factory); the ledger counts ``waiters`` and records the
+    outcome (``entry``, or the ``error`` the factory raised).
     """
 
     __slots__ = (
@@ -137,6 +133,7 @@ class Ledger(IdleOrder[K, T]):
     def __init__(self, ttl: float | None, max_idle: int | None) -> None:
         super().__init__(_INF if ttl is None else float(ttl))
         self.max_idle = max_idle
+        self.reusable = max_idle is None
         self.entries: dict[K, Entry[K, T]] = {}
         self.creating: dict[K, Creation[K, T]] = {}
         self.finalizing: set[Entry[K, T]] = set()
@@ -205,6 +202,8 @@ class Ledger(IdleOrder[K, T]):
             self._evict(entry)
             return FINALIZE
         deadline = self.queue_idle(entry, now)
+        if self.reusable and not self.doomed:  # a timer is armed, or is now
+            self.reuse_before = deadline - self.ttl
         if self.max_idle is None and self.timer_deadline is not None:
             return 0
         action = 0
@@ -227,12 +226,9 @@ class Ledger(IdleOrder[K, T]):
         self.keyed[entry] = self.keyed.get(entry, 0) + 1
 
     def release_key(self, key: K, now: float) -> tuple[Entry[K, T] | None, int]:
-        """Release one key-based reference of ``key``.
-
-        A release owed to an entry that ``evict_all`` retired while held is
-        a no-op, so it never drops a reference of the key's newer entry.
-        Otherwise this is ``release`` of the key's live entry, if any.
-        """
+        """``release`` of ``key``'s live entry, if any, by key; a no-op when
+        owed to an entry ``evict_all`` retired while held (never dropping a
+        reference of the key's newer entry)."""
         owed = self.owed.get(key)
         if owed:
             if owed == 1:
@@ -308,6 +304,7 @@ class Ledger(IdleOrder[K, T]):
         entry = Entry(creation.key, resource, waiters or 1)
         if creation.doomed:
             self.doomed.add(entry)
+            self.reuse_before = -_INF
         creation.entry = entry
         creation.done = True
         self.entries[creation.key] = entry
@@ -374,6 +371,7 @@ class Ledger(IdleOrder[K, T]):
             return None
         if entry.refs > 0:
             self.doomed.add(entry)
+            self.reuse_before = -_INF
             return None
         self._evict(entry)
         return entry

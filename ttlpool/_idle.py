@@ -80,6 +80,8 @@ class IdleOrder(Generic[K, T]):
         "idle_count",
         "last_deadline",
         "queue",
+        "reusable",
+        "reuse_before",
         "timer_deadline",
         "ttl",
         "ttl_is_zero",
@@ -96,6 +98,15 @@ class IdleOrder(Generic[K, T]):
         self.last_deadline: float = -_INF
         #: The deadline the driver has a timer armed for (``None``: none).
         self.timer_deadline: float | None = None
+        #: Whether a release may take the shortcut below (the ledger says).
+        self.reusable = False
+        #: A release at ``now <= reuse_before`` of the entry last in the
+        #: queue needs nothing but its count, its idle count and
+        #: ``last_deadline`` as its deadline: no entry is marked to go at
+        #: its release, a timer is armed, and that deadline is at least
+        #: ``now + ttl``. ``-inf`` (or NaN for an infinite ``ttl``) when
+        #: that may not hold; the ledger sets it after each slow release.
+        self.reuse_before = -_INF
 
     def queue_idle(self, entry: Entry[K, T], now: float) -> float:
         """``entry`` just became idle at ``now``: give it its deadline and
@@ -132,6 +143,7 @@ class IdleOrder(Generic[K, T]):
         """No entry is idle any more (all were evicted)."""
         self.queue.clear()
         self.idle_count = 0
+        self.reuse_before = -_INF
 
     def _front(self) -> Entry[K, T] | None:
         """The idle entry released longest ago, dropping the stale queue

@@ -68,34 +68,41 @@ class Resource(Generic[T]):
                 "Cannot re-acquire a resource that has already been acquired "
                 f"(get({self._key!r}): a lease can be entered only once)"
             )
-        partitions, key = self._map, self._key
         if _RUNNING_LOOP_IS_CHEAP:
-            part = partitions.parts.get(_get_running_loop())
+            part = self._map.parts.get(_get_running_loop())
         else:
             thread = _get_ident()
-            part = partitions.by_thread.get(thread)
-            if part is None or getattr(part.loop, "_thread_id", None) != thread:
-                part = partitions.current()
-        if part is not None:
+            part = self._map.by_thread.get(thread)
+            # (by_thread keeps only partitions of loops with a _thread_id)
+            if part is None or part.loop._thread_id != thread:  # type: ignore[attr-defined]
+                part = self._map.current()
+        if part is not None and part.own_ledger:
+            # Ledger.hit, inlined: the warm hit is hot.
             ledger = part.ledger
-            if part.own_ledger:  # Ledger.hit, inlined: the warm hit is hot
-                entry = ledger.entries.get(key)
-                if entry is not None:
-                    if not entry.refs:
-                        ledger.idle_count -= 1
+            entry = ledger.entries.get(self._key)
+            if entry is not None:
+                if entry.refs:
                     entry.refs += 1
-                    if ledger.doomed:
+                    if ledger.doomed:  # (only a held entry is marked)
                         ledger.doomed.discard(entry)
-                    ledger.hits += 1
-                    self._part = part
-                    self._entry = entry
-                    return entry.resource
-            else:
-                entry = ledger.hit(key)
-                if entry is not None:
-                    self._part = part
-                    self._entry = entry
-                    return entry.resource
+                else:
+                    entry.refs = 1
+                    ledger.idle_count -= 1
+                ledger.hits += 1
+                self._part = part
+                self._entry = entry
+                return entry.resource
+        return await self._enter_slowly(part)
+
+    async def _enter_slowly(self, part: Partition[Any, T] | None) -> T:
+        """A hit on a shared ledger (which locks), a miss, a new loop."""
+        partitions, key = self._map, self._key
+        if part is not None and not part.own_ledger:
+            entry = part.ledger.hit(key)
+            if entry is not None:
+                self._part = part
+                self._entry = entry
+                return entry.resource
         self._entry = _ENTERING
         try:
             part, found = partitions.start_acquire(key, "get", part)
@@ -117,34 +124,32 @@ class Resource(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         try:
-            part = self._part
-        except AttributeError:  # never entered
-            part = None
-        if part is None:
+            part: Partition[Any, T] = self._part  # type: ignore[assignment]
+            ledger = part.ledger
+        except AttributeError:  # never entered (no _part), or left (None)
             raise RuntimeError(
                 "Cannot release a resource that "
                 f"{'has already been released' if self._left() else 'was not acquired'}"
                 f" (get({self._key!r}): a lease can be left only once, after entering)"
-            )
+            ) from None
         self._part = None
         entry: Entry[Any, T] = self._entry  # type: ignore[assignment]
         if exc_type is GeneratorExit:  # its coroutine is being closed: no await
             self._map.release_from_anywhere(part, entry)
             return
-        ledger = part.ledger
-        refs = entry.refs - 1
-        if refs > 0:  # still held
-            entry.refs = refs
-            return
-        if refs == 0 and part.warm_release and ledger.timer_deadline is not None:
+        if part.own_ledger:
+            refs = entry.refs - 1
+            if refs > 0:  # still held
+                entry.refs = refs
+                return
             # Ledger.release's common case, inlined: a warm key released
-            # again, last in release order, within the same grid step.
-            queue = ledger.queue
+            # again, last in release order, within the same grid step (see
+            # IdleOrder.reuse_before).
             if (
-                queue
-                and queue[-1] is entry
-                and not ledger.doomed
-                and part.now() + ledger.ttl <= ledger.last_deadline
+                not refs
+                and ledger.queue
+                and ledger.queue[-1] is entry
+                and part.now() <= ledger.reuse_before
             ):
                 entry.refs = 0
                 ledger.idle_count += 1

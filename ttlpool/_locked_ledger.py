@@ -34,6 +34,7 @@ class LockedLedger(Ledger[K, T]):
     ) -> None:
         super().__init__(ttl, max_idle)
         self.lock = lock
+        self.reusable = False  # (a lease's shortcut takes no lock)
 
     def hit(self, key: K) -> Entry[K, T] | None:
         with self.lock:

@@ -86,7 +86,6 @@ class Partition(Generic[K, T]):
         "settings",
         "thread",
         "timer",
-        "warm_release",
         "watcher",
     )
 
@@ -101,13 +100,8 @@ class Partition(Generic[K, T]):
         self.ledger = ledger
         self.settings = settings
         self.now = settings.clock.now
-        #: Its ledger is its own (not one every loop shares, which locks),
-        #: and, for the lease's inlined release, keeps idle entries for a
-        #: while with no bound on how many.
+        #: Its ledger is its own (not one every loop shares, which locks).
         self.own_ledger = type(ledger) is Ledger
-        self.warm_release = (
-            self.own_ledger and not ledger.ttl_is_zero and ledger.max_idle is None
-        )
         self.mailbox = Mailbox(loop, lock)
         self.jobs: set[Job] = set()
         self.timer: TimerHandle | None = None
