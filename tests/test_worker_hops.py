@@ -110,6 +110,16 @@ class Spy:
             loops = {control.loop for control in self.controls}
             return [post for post in self.posts if post[0] in loops]
 
+    def assert_off_the_control_loop(self, worker: _WorkerLoop) -> None:
+        """Since ``reset``: no dispatch, admission, timer or post to a
+        control loop, and no control loop or worker but the miss's."""
+        assert self.dispatches == []
+        assert self.admitted == []
+        assert len(self.controls) == 1  # the miss's, and no other
+        assert self.workers == [worker]
+        assert self.timers == []
+        assert self.control_posts() == []
+
     def leases_taken(self) -> int:
         """Leases taken, either way: each must be given back once."""
         with self.changed:
@@ -300,12 +310,7 @@ def test_a_warm_run_sync_takes_no_hop_through_the_control_loop(
         for _ in range(WARM_CALLS):
             assert loops.run_sync(_current_thread) is worker_thread
 
-        assert spy.dispatches == []
-        assert spy.admitted == []
-        assert len(spy.controls) == 1  # the miss's, and no other
-        assert spy.workers == [worker]
-        assert spy.timers == []
-        assert spy.control_posts() == []
+        spy.assert_off_the_control_loop(worker)
         # Caller to worker (the call), and back without a post (a plain lock).
         assert spy.posts == [(worker.loop, caller)] * WARM_CALLS
         assert spy.leases == [(caller, True)] * WARM_CALLS
@@ -346,12 +351,7 @@ async def test_a_warm_run_takes_no_hop_through_the_control_loop(
         for _ in range(WARM_CALLS):
             assert await loops.run(_current_thread) is worker_thread
 
-        assert spy.dispatches == []
-        assert spy.admitted == []
-        assert len(spy.controls) == 1  # the miss's, and no other
-        assert spy.workers == [worker]
-        assert spy.timers == []
-        assert spy.control_posts() == []
+        spy.assert_off_the_control_loop(worker)
         hops = [(worker.loop, caller), (caller_loop, worker_thread)]
         assert spy.posts == hops * WARM_CALLS
         assert spy.leases == [(caller, True)] * WARM_CALLS
