@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.hammer import TIMEOUT, join_all
+from tests.test_worker import _alive, _poll_until
 from ttlpool._control import ControlLoop
 from ttlpool._requests import _Call
 from ttlpool._shared_pool import SharedPool
@@ -235,18 +236,6 @@ def no_error_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         if r.levelno >= logging.ERROR and r.name.split(".")[0] in {"asyncio", "ttlpool"}
     ]
     assert errors == []
-
-
-def _alive(name: str) -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(f"{name}-")]
-
-
-def _poll_until(predicate: Callable[[], bool], what: str) -> None:
-    """For state no event announces: look again until true, within a bound."""
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {TIMEOUT}s"
-        time.sleep(0.002)
 
 
 def _join(threads: list[threading.Thread]) -> None:
