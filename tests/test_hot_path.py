@@ -26,6 +26,7 @@ import pytest
 
 from tests.forked import report_from_child
 from ttlpool import ResourcePool
+from ttlpool._locked_ledger import LockedLedger
 from ttlpool.testing import ManualClock
 
 #: Upper bound for any single wait (generous: CI is slow).
@@ -267,3 +268,37 @@ def test_a_forked_child_does_not_hit_the_parents_kept_partition() -> None:
         assert_finalized_once(finalized, got[0])
     finally:
         shut(loop)
+
+
+async def test_a_shared_ledgers_lease_counts_only_under_the_ledgers_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``per_loop=False`` every loop's threads count on one ledger, so
+    the lease's inlined hit and release (which take no lock) must not touch
+    it: every hit and every release, the last one and the ones before it,
+    goes through the ``LockedLedger``, which holds its lock around each."""
+    locked: list[str] = []
+    hit, release = LockedLedger.hit, LockedLedger.release
+
+    def counted_hit(self: LockedLedger[Any, Any], key: Any) -> Any:
+        assert not self.lock.locked()
+        locked.append("hit")
+        return hit(self, key)
+
+    def counted_release(self: LockedLedger[Any, Any], entry: Any, now: float) -> int:
+        assert not self.lock.locked()
+        locked.append("release")
+        return release(self, entry, now)
+
+    monkeypatch.setattr(LockedLedger, "hit", counted_hit)
+    monkeypatch.setattr(LockedLedger, "release", counted_release)
+    pool: ResourcePool[str, object] = ResourcePool(
+        lambda key: object(), ttl=30, per_loop=False, clock=ManualClock()
+    )
+    async with pool.get("k"):  # a miss, then its release
+        pass
+    locked.clear()
+    async with pool.get("k"), pool.get("k"):  # two hits; 2 -> 1, then 1 -> 0
+        pass
+    assert locked == ["hit", "hit", "release", "release"]
+    await pool.aclose()
