@@ -73,7 +73,8 @@ class Resource(Generic[T]):
         else:
             thread = _get_ident()
             part = self._map.by_thread.get(thread)
-            # (by_thread keeps only partitions of loops with a _thread_id)
+            # Partitions.current, inlined (by_thread keeps only partitions
+            # of loops with a _thread_id)
             if part is None or part.loop._thread_id != thread:  # type: ignore[attr-defined]
                 part = self._map.current()
         if part is not None and part.own_ledger:

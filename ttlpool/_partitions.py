@@ -160,8 +160,8 @@ class Partitions(Generic[K, T]):
             # loop that exposes no ``_thread_id``, like uvloop's, is always
             # asked for). ``forget`` and ``close`` drop every one of them.
             thread = get_ident()
-            part = self.by_thread.get(thread)
-            if part is not None and getattr(part.loop, "_thread_id", None) == thread:
+            part = self.by_thread.get(thread)  # (the lease inlines these lines)
+            if part is not None and part.loop._thread_id == thread:  # type: ignore[attr-defined]
                 return part
             loop = asyncio.get_running_loop()
             part = self.parts.get(loop)
