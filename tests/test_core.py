@@ -79,7 +79,7 @@ def test_ttl_zero_finalizes_at_the_last_release() -> None:
     acquire(ledger, "k")
     assert ledger.release(entry, now=0.0) == 0
     assert ledger.release(entry, now=0.0) == FINALIZE
-    assert not entry.live and ledger.finalizing == {entry}
+    assert not entry.live and ledger.finalizing.keys() == {entry}
     assert not ledger.entries and not ledger.idle and ledger.timer_deadline is None
 
 
@@ -91,7 +91,7 @@ def test_max_idle_evicts_the_entry_released_longest_ago() -> None:
     assert ledger.release(c, now=2.0) == EVICTED  # ttl None: no timer to arm
     assert ledger.take_victims() == [b] and ledger.take_victims() == []
     assert list(ledger.idle) == ["a", "c"]
-    assert ledger.evicted_total == 1 and ledger.finalizing == {b}
+    assert ledger.evicted_total == 1 and ledger.finalizing.keys() == {b}
 
 
 # -- creation ---------------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_all_waiters_withdrawn_created_entry_is_finalized_at_ttl_zero() -> None:
     assert ledger.withdraw(creation) is None
     entry, action = ledger.created(creation, "conn", now=1.0)
     assert action == FINALIZE
-    assert not entry.live and ledger.finalizing == {entry} and not ledger.entries
+    assert not entry.live and ledger.finalizing.keys() == {entry} and not ledger.entries
 
 
 def test_withdraw_after_the_creation_ended_hands_back_the_counted_reference() -> None:
@@ -160,7 +160,7 @@ def test_expire_marks_a_referenced_entry_and_finalizes_it_at_the_last_release() 
     assert entry in ledger.doomed and entry.live
     assert ledger.release(entry, now=0.0) == 0
     assert ledger.release(entry, now=0.0) == FINALIZE  # ttl > 0, yet not idle
-    assert not entry.live and not ledger.idle and ledger.finalizing == {entry}
+    assert not entry.live and not ledger.idle and ledger.finalizing.keys() == {entry}
 
 
 def test_reacquire_clears_the_expire_mark() -> None:
@@ -178,7 +178,7 @@ def test_expire_of_an_idle_entry_evicts_it_now() -> None:
     entry = acquire(ledger, "k")
     ledger.release(entry, now=0.0)
     assert ledger.expire("k") is entry
-    assert not entry.live and not ledger.idle and ledger.finalizing == {entry}
+    assert not entry.live and not ledger.idle and ledger.finalizing.keys() == {entry}
     assert ledger.expired_total == 0  # counted as expired only by the ttl
     assert ledger.expire("k") is None
     assert ledger.expire("unknown") is None
@@ -192,7 +192,7 @@ def test_expire_of_a_creation_in_flight_dooms_the_created_entry() -> None:
     entry, action = ledger.created(creation, "conn", now=0.0)
     assert action == 0 and entry in ledger.doomed and entry.refs == 1
     assert ledger.release(entry, now=1.0) == FINALIZE
-    assert ledger.finalizing == {entry} and not ledger.idle
+    assert ledger.finalizing.keys() == {entry} and not ledger.idle
 
 
 def test_joining_a_marked_creation_clears_the_mark_like_a_hit() -> None:
@@ -322,7 +322,7 @@ def test_retire_into_moves_every_finalization_to_the_heir() -> None:
     assert set(evicted) == {held, idle} and not any(e.live for e in evicted)
     assert not dead.entries and not dead.creating and not dead.finalizing
     assert dead.pending_cleanup_count() == 0 and dead.pending_cleanup() == {}
-    assert heir.finalizing == {held, idle, doomed}
+    assert heir.finalizing.keys() == {held, idle, doomed}
     assert heir.pending_cleanup() == {"held": None, "idle": None, "doomed": None}
     heir.finalized(held, ok=True)
     heir.finalized(idle, ok=False)

@@ -594,7 +594,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def every_resource_is_live_finalizing_or_finalized_once(self) -> None:
         ledger = self.ledger
-        assert ledger.finalizing == set(self.in_flight)
+        assert ledger.finalizing.keys() == set(self.in_flight)
         assert len(ledger.finalizing) == len(self.in_flight)
         live = {id(e.resource) for e in ledger.entries.values()}
         in_flight = {id(e.resource) for e in self.in_flight}

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import pytest
 
-from ttlpool import PoolClosedError, PoolStats, ResourcePool
+from ttlpool import PoolClosedError, PoolStats, RemovalCause, ResourcePool
 from ttlpool.testing import ManualClock
 
 
@@ -804,7 +804,11 @@ async def test_stats_is_a_frozen_attrs_snapshot_with_every_spec_field() -> None:
 
 
 def counters(pool: ResourcePool[Any, Any]) -> dict[str, int]:
-    return attrs.asdict(pool.stats)
+    """Every counter of ``pool.stats``, removals by cause as ``removed.<cause>``."""
+    flat = attrs.asdict(pool.stats, recurse=False)
+    removed = attrs.asdict(flat.pop("removed"))
+    flat.update({f"removed.{cause}": count for cause, count in removed.items()})
+    return flat
 
 
 async def test_stats_count_a_scripted_scenario() -> None:
@@ -832,7 +836,8 @@ async def test_stats_count_a_scripted_scenario() -> None:
         clock=clock,
         on_error=lambda exc, operation, key: None,
     )
-    expected = dict.fromkeys(SPEC_STATS_FIELDS | {"errors", "abandoned"}, 0)
+    removed = {f"removed.{cause.name.lower()}" for cause in RemovalCause}
+    expected = dict.fromkeys(SPEC_STATS_FIELDS | {"errors", "abandoned"} | removed, 0)
     assert counters(pool) == expected
 
     await pool.acquire("a")  # miss, created
@@ -847,13 +852,15 @@ async def test_stats_count_a_scripted_scenario() -> None:
 
     async with pool.get("b"):  # b's release makes 2 idle: max_idle evicts a
         pass
-    expected.update(misses=2, created=2, evicted=1, finalized=1)
+    expected.update({"misses": 2, "created": 2, "evicted": 1, "finalized": 1})
+    expected["removed.evicted"] = 1
     assert counters(pool) == expected
 
     await clock.advance(10)  # b expires by its TTL
     expected.update(
         expired=1, finalized=2, total_entries=0, idle_entries=0, pending_cleanup=0
     )
+    expected["removed.idle"] = 1
     assert counters(pool) == expected
 
     with pytest.raises(ValueError, match="bad key"):
@@ -865,6 +872,7 @@ async def test_stats_count_a_scripted_scenario() -> None:
         pass
     await pool.expire("x")  # its finalizer fails
     expected.update(misses=4, created=3, finalized=3, finalizer_errors=1, errors=1)
+    expected["removed.expired"] = 1  # (removed, though its finalizer failed)
     assert counters(pool) == expected
 
     acquirer = asyncio.create_task(pool.acquire("slow"))
@@ -879,7 +887,9 @@ async def test_stats_count_a_scripted_scenario() -> None:
 
     await pool.clear()
     expected.update(finalized=4, total_entries=0, referenced_entries=0)
+    expected["removed.cleared"] = 1
     assert counters(pool) == expected
+    assert pool.stats.removed.total == pool.stats.finalized
 
 
 async def test_running_totals_survive_aclose() -> None:

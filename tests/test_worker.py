@@ -105,6 +105,24 @@ async def test_ttl_zero_gives_every_dispatch_a_fresh_loop() -> None:
         await _wait_until(lambda: not first.is_alive())
 
 
+def test_max_lifetime_recycles_a_busy_loop_and_retires_the_old_one() -> None:
+    """A loop past ``max_lifetime`` is not handed out again, even though
+    dispatches keep it warm (``ttl=None``: it never idles out): a later
+    dispatch gets a fresh loop and the old one's thread ends."""
+    loops = WorkerLoopPool(ttl=None, max_lifetime=0.05, name="ttlpool-t-life")
+    try:
+        first = loops.run_sync(_current_thread)
+        assert first.name == "ttlpool-t-life-1"
+        _poll_until(
+            lambda: loops.run_sync(_current_thread) is not first,
+            "a dispatch on a fresh loop",
+        )
+        _poll_until(lambda: not first.is_alive(), "the old loop's thread ended")
+    finally:
+        asyncio.run(loops.stop())
+    _poll_until(_no_thread_of("ttlpool-t-life"), "no thread left")
+
+
 async def test_loop_factory_makes_the_worker_loops() -> None:
     made: list[asyncio.AbstractEventLoop] = []
 

@@ -7,13 +7,15 @@ warm event loops on daemon threads.
 from ttlpool.drain import DrainReport, drain_tasks
 from ttlpool.errors import PoolClosedError
 from ttlpool.pool import Resource, ResourcePool
-from ttlpool.stats import PoolStats
+from ttlpool.stats import PoolStats, RemovalCause, Removals
 from ttlpool.worker import WorkerLoopPool
 
 __all__ = [
     "DrainReport",
     "PoolClosedError",
     "PoolStats",
+    "RemovalCause",
+    "Removals",
     "Resource",
     "ResourcePool",
     "WorkerLoopPool",

@@ -40,8 +40,11 @@ def check_ttl(ttl: object, operation: str) -> float:
     return float(ttl)
 
 
-def check_seconds(value: object, name: str, operation: str) -> float | None:
-    """A non-negative duration; ``None`` or inf means no bound (``None``)."""
+def check_seconds(
+    value: object, name: str, operation: str, *, positive: bool = False
+) -> float | None:
+    """A non-negative (``positive``: ``> 0``) duration; ``None`` or inf
+    means no bound (``None``)."""
     if value is None:
         return None
     if not _is_number(value):
@@ -49,9 +52,10 @@ def check_seconds(value: object, name: str, operation: str) -> float | None:
             f"{operation}: {name} must be a number of seconds or None, not {value!r}"
         )
     assert isinstance(value, (int, float))
-    if math.isnan(value) or value < 0:
+    if math.isnan(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
         raise ValueError(
-            f"{operation}: {name} must be >= 0 seconds (or None), not {value!r}"
+            f"{operation}: {name} must be {bound} seconds (or None), not {value!r}"
         )
     return None if math.isinf(value) else float(value)
 

@@ -25,11 +25,19 @@ Invariants (checked after every step by ``tests/test_model.py``):
    its front is the next to expire and the one released longest ago.
 4. A key is in at most one of ``entries`` and ``creating``: a miss on a key
    that is being created joins that creation instead of starting another.
-5. Every evicted entry is in ``finalizing`` until the driver reports, once,
-   that its finalizer ended (:meth:`Ledger.finalized`) or was cut off with
-   its event loop (:meth:`Ledger.abandoned`).
+5. Every evicted entry is in ``finalizing``, with the one
+   :class:`~ttlpool.stats.RemovalCause` it left for, until the driver
+   reports, once, that its finalizer ended (:meth:`Ledger.finalized`,
+   which counts that cause) or was cut off with its event loop
+   (:meth:`Ledger.abandoned`).
 6. ``timer_deadline`` is the deadline the driver has a timer armed for, or
    ``None`` when none is armed. At most one timer per ledger.
+7. With ``max_lifetime``, an entry is never handed out at or after its
+   ``retire_at``. One past it while held leaves ``entries`` for
+   ``retiring`` (a new acquirer gets a new entry) and is evicted at its
+   last release. An idle entry being validated is in neither ``entries``
+   nor the idle order: its key's creation holds it (``stale``), with one
+   reference, until the validation's outcome.
 
 How it works. The driver asks questions and the ledger answers with
 decisions; the driver carries them out (runs the factory or the finalizer,
@@ -42,10 +50,18 @@ ledger through any interleaving with a manual clock.
   creation, whose entry starts with one reference per waiter still waiting
   (``created_at_once``: a sync factory on a ledger one thread owns).
 - ``release(entry, now)``: one reference fewer. At zero the entry is
-  finalized now (``ttl == 0``, or marked by ``expire``) or joins the idle
-  order (:mod:`ttlpool._idle`) with its deadline; ``max_idle`` evicts from
-  the front. The answer is a small bit set (``FINALIZE``, ``ARM``,
-  ``EVICTED``).
+  finalized now (``ttl == 0``, marked by ``expire``, or past its lifetime)
+  or joins the idle order (:mod:`ttlpool._idle`) with its deadline;
+  ``max_idle`` evicts from the front. The answer is a small bit set
+  (``FINALIZE``, ``ARM``, ``EVICTED``).
+- Policies (``validate``, ``max_lifetime``) make the ledger *guarded*:
+  ``hit`` hands out only what needs no question (an entry in use, within
+  its lifetime, given ``now``) and ``lookup`` answers the rest. Reusing an
+  idle entry under ``validate`` is a creation like any other (one at a
+  time per key, acquirers join it) whose driver first asks ``validate``:
+  ``revalidated`` hands the entry out again, ``invalidated`` evicts it and
+  the driver calls the factory for the same creation. Lifetimes are kept
+  by :mod:`ttlpool._lifetime`; the one timer wakes for them too.
 - ``timer_fired(now, limit)``: takes at most ``limit`` expired entries from
   the front (O(expired), plus stale occurrences, each skipped once) and
   says when to wake up next.
@@ -57,22 +73,18 @@ ledger through any interleaving with a manual clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+import random
+from collections.abc import Callable, Hashable
 from typing import Any, Final, Generic, TypeVar
 
-from ttlpool._idle import GRID, Entry, IdleOrder
+from ttlpool._entries import ARM, EVICTED, FINALIZE, Entries
+from ttlpool._idle import GRID, Entry
+from ttlpool.stats import RemovalCause
 
 __all__ = ["ARM", "EVICTED", "FINALIZE", "GRID", "Creation", "Entry", "Ledger"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
-
-#: ``release``/``created``: the entry itself was evicted; finalize it now.
-FINALIZE: Final = 1
-#: A timer must be armed for ``ledger.timer_deadline``.
-ARM: Final = 2
-#: ``max_idle`` evicted entries; take them with ``take_victims()``.
-EVICTED: Final = 4
 
 _INF: Final = math.inf
 
@@ -93,6 +105,7 @@ class Creation(Generic[K, T]):
         "key",
         "listeners",
         "owner",
+        "stale",
         "waiters",
     )
 
@@ -105,64 +118,47 @@ class Creation(Generic[K, T]):
         self.error: BaseException | None = None
         self.listeners: list[Any] = []
         self.owner: object = None
+        #: The idle entry this creation validates first (``validate``).
+        self.stale: Entry[K, T] | None = None
 
 
-class Ledger(IdleOrder[K, T]):
-    """Counts, idle deadlines and eviction order for one partition."""
+class Ledger(Entries[K, T]):
+    """Counts, idle deadlines, eviction order and creations for one partition."""
 
-    __slots__ = (
-        "abandoned_total",
-        "created_total",
-        "creating",
-        "doomed",
-        "entries",
-        "evicted_total",
-        "expired_total",
-        "factory_errors",
-        "finalized_total",
-        "finalizer_errors",
-        "finalizing",
-        "hits",
-        "keyed",
-        "max_idle",
-        "misses",
-        "owed",
-        "victims",
-    )
+    __slots__ = ("creating",)
 
-    def __init__(self, ttl: float | None, max_idle: int | None) -> None:
-        super().__init__(_INF if ttl is None else float(ttl))
-        self.max_idle = max_idle
-        self.reusable = max_idle is None
-        self.entries: dict[K, Entry[K, T]] = {}
+    def __init__(
+        self,
+        ttl: float | None,
+        max_idle: int | None,
+        *,
+        validates: bool = False,
+        max_lifetime: float | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(
+            ttl,
+            max_idle,
+            validates=validates,
+            max_lifetime=max_lifetime,
+            jitter=jitter,
+        )
         self.creating: dict[K, Creation[K, T]] = {}
-        self.finalizing: set[Entry[K, T]] = set()
-        self.victims: list[Entry[K, T]] = []
-        #: Referenced entries marked by ``expire``: finalized at the last
-        #: release, unless acquired again first.
-        self.doomed: set[Entry[K, T]] = set()
-        #: How many references of an entry were taken by key (``acquire``),
-        #: not by lease; and key-based releases still owed to entries that
-        #: ``evict_all`` retired while held.
-        self.keyed: dict[Entry[K, T], int] = {}
-        self.owed: dict[K, int] = {}
-        # Running totals.
-        self.hits = 0
-        self.misses = 0
-        self.created_total = 0
-        self.finalized_total = 0
-        self.expired_total = 0
-        self.evicted_total = 0
-        self.factory_errors = 0
-        self.finalizer_errors = 0
-        self.abandoned_total = 0
 
-    # -- leases --------------------------------------------------------------
+    # -- leases --------------------------------------------------------------------
 
-    def hit(self, key: K) -> Entry[K, T] | None:
-        """Add a reference to ``key``'s live entry; ``None`` on a miss."""
+    def hit(self, key: K, now: float | None = None) -> Entry[K, T] | None:
+        """Add a reference to ``key``'s live entry; ``None`` on a miss, and,
+        when guarded, for an entry only :meth:`lookup` may hand out (an idle
+        one under ``validate``; any, under ``max_lifetime``, without ``now``
+        or once ``now`` reached its ``retire_at``)."""
         entry = self.entries.get(key)
         if entry is None:
+            return None
+        if self.guarded and (
+            (self.validates and not entry.refs)
+            or (self.lifetimes is not None and (now is None or now >= entry.retire_at))  # type: ignore[attr-defined]
+        ):
             return None
         if not entry.refs:
             self.idle_count -= 1
@@ -172,98 +168,24 @@ class Ledger(IdleOrder[K, T]):
         self.hits += 1
         return entry
 
-    @property
-    def referenced(self) -> int:
-        """How many live entries hold at least one reference."""
-        return len(self.entries) - self.idle_count
-
-    def release(self, entry: Entry[K, T], now: float) -> int:
-        """Drop one reference of a live entry; return what the driver must do.
-
-        At zero the entry is finalized now (``ttl == 0``, or marked by
-        ``expire``) or goes to the back of the queue. Releasing an evicted
-        entry is a no-op (``clear`` already retired it); raises
-        ``ValueError`` if a live entry holds no reference.
-        """
-        refs = entry.refs - 1
-        if refs:
-            if refs > 0:
-                entry.refs = refs
-                return 0
-            if refs == -1:
-                raise ValueError(
-                    f"Reference count for key {entry.key!r} is already 0: "
-                    f"release({entry.key!r}) found no lease to give back"
-                )
-            return 0  # evicted (refs was -1)
-        entry.refs = 0
-        self.idle_count += 1
-        if self.ttl_is_zero or (self.doomed and entry in self.doomed):
-            self._evict(entry)
-            return FINALIZE
-        deadline = self.queue_idle(entry, now)
-        if self.reusable and not self.doomed:  # a timer is armed, or is now
-            self.reuse_before = deadline - self.ttl
-        if self.max_idle is None and self.timer_deadline is not None:
-            return 0
-        action = 0
-        if self.max_idle is not None and self.idle_count > self.max_idle:
-            action = EVICTED
-            while self.idle_count > self.max_idle:
-                victim = self._pop_front()
-                self._evict(victim)
-                self.evicted_total += 1
-                self.victims.append(victim)
-        if self.timer_deadline is None and deadline != _INF:
-            front = self._front()
-            if front is not None:
-                self.timer_deadline = front.deadline
-                action |= ARM
-        return action
-
-    def hold(self, entry: Entry[K, T]) -> None:
-        """Note that the latest reference of ``entry`` was taken by key."""
-        self.keyed[entry] = self.keyed.get(entry, 0) + 1
-
-    def release_key(self, key: K, now: float) -> tuple[Entry[K, T] | None, int]:
-        """``release`` of ``key``'s live entry, if any, by key; a no-op when
-        owed to an entry ``evict_all`` retired while held (never dropping a
-        reference of the key's newer entry)."""
-        owed = self.owed.get(key)
-        if owed:
-            if owed == 1:
-                del self.owed[key]
-            else:
-                self.owed[key] = owed - 1
-            return None, 0
-        entry = self.entries.get(key)
-        if entry is None:
-            return None, 0
-        keyed = self.keyed.get(entry)
-        if keyed == 1:
-            del self.keyed[entry]
-        elif keyed:
-            self.keyed[entry] = keyed - 1
-        return entry, Ledger.release(self, entry, now)  # pyright: ignore[reportUnknownMemberType]
-
-    def take_victims(self) -> list[Entry[K, T]]:
-        """The entries ``max_idle`` evicted since the last call."""
-        victims, self.victims = self.victims, []
-        return victims
-
-    # -- creation ------------------------------------------------------------
+    # -- creation ------------------------------------------------------------------
 
     def lookup(
-        self, key: K, missed: bool = False
+        self, key: K, missed: bool = False, now: float = -_INF
     ) -> tuple[Entry[K, T] | Creation[K, T], bool]:
-        """Acquire ``key``: a hit, or the creation to wait for.
+        """Acquire ``key`` at ``now``: a hit, or the creation to wait for.
 
         The flag is true when this call started the creation, which makes
-        the caller its first waiter and the one to call the factory.
+        the caller its first waiter and the one to call the factory (or,
+        when ``creation.stale`` is set, to validate that idle entry first).
         ``missed``: the caller's own ``hit(key)`` just missed, so this skips
         it (a locked ledger checks again: another thread may have made it).
         """
-        if not missed:
+        if self.guarded:
+            found = self._reuse(key, now)
+            if found is not None:
+                return found, isinstance(found, Creation)
+        elif not missed:
             # Not the override: a LockedLedger holds its lock already.
             entry: Entry[K, T] | None = Ledger.hit(self, key)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
             if entry is not None:
@@ -276,6 +198,25 @@ class Ledger(IdleOrder[K, T]):
             return creation, False
         creation = self.creating[key] = Creation(key)
         return creation, True
+
+    def _reuse(self, key: K, now: float) -> Entry[K, T] | Creation[K, T] | None:
+        """A guarded ledger's answer for ``key``'s live entry: a hit, the
+        creation that validates it first, or ``None`` (no entry, or one
+        past its lifetime: retired now, idle or not)."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if self.lifetimes is not None and now >= entry.retire_at:  # type: ignore[attr-defined]
+            self._retire(entry)
+            return None
+        if entry.refs or not self.validates:
+            return Ledger.hit(self, key, now)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        del self.entries[key]  # validated before anybody gets it
+        self.idle_count -= 1
+        entry.refs = 1
+        creation = self.creating[key] = Creation(key)
+        creation.stale = entry
+        return creation
 
     def listen(self, creation: Creation[K, T], listener: object) -> bool:
         """Register a waiter's wake-up; false if the creation already ended."""
@@ -296,25 +237,62 @@ class Ledger(IdleOrder[K, T]):
         self, creation: Creation[K, T], resource: T, now: float
     ) -> tuple[Entry[K, T], int]:
         """The factory returned: the entry starts with one reference per waiter."""
-        del self.creating[creation.key]
         self.created_total += 1
-        waiters = creation.waiters
-        # An entry nobody waits for any more is released at once, like any
-        # entry at its last release: idle under a ttl, finalized at ttl 0.
-        entry = Entry(creation.key, resource, waiters or 1)
+        entry: Entry[K, T]
+        if self.lifetimes is not None:
+            entry = self.lifetimes.new_entry(
+                creation.key, resource, 1, now, len(self.entries)
+            )
+        else:
+            entry = Entry(creation.key, resource, 1)
+        return entry, self._settle(creation, entry, now)
+
+    def revalidated(
+        self, creation: Creation[K, T], now: float
+    ) -> tuple[Entry[K, T], int] | None:
+        """``validate`` passed for ``creation.stale``: it is handed out again
+        as if just created. ``None`` if it passed its lifetime meanwhile:
+        the driver then retires it (:meth:`invalidated`) and makes a new one."""
+        entry = creation.stale
+        assert entry is not None
+        if self.lifetimes is not None and now >= entry.retire_at:  # type: ignore[attr-defined]
+            return None
+        creation.stale = None
+        self.hits += 1  # (its starter's: those who joined counted a miss)
+        return entry, self._settle(creation, entry, now)
+
+    def invalidated(self, creation: Creation[K, T], cause: RemovalCause) -> Entry[K, T]:
+        """``creation.stale`` failed its validation (or outlived its
+        lifetime meanwhile): evicted, for the driver to finalize; the
+        creation goes on, with the factory."""
+        entry = creation.stale
+        assert entry is not None
+        creation.stale = None
+        self.misses += 1
+        self._evict(entry, cause)
+        return entry
+
+    def _settle(self, creation: Creation[K, T], entry: Entry[K, T], now: float) -> int:
+        """The creation ended with ``entry`` (holding one reference): one
+        reference per waiter still waiting; nobody's means a release now."""
+        del self.creating[creation.key]
         if creation.doomed:
             self.doomed.add(entry)
             self.reuse_before = -_INF
         creation.entry = entry
         creation.done = True
         self.entries[creation.key] = entry
-        if waiters:
-            return entry, 0
-        return entry, Ledger.release(self, entry, now)  # pyright: ignore[reportUnknownMemberType]
+        if creation.waiters:
+            entry.refs = creation.waiters
+            return 0
+        # An entry nobody waits for any more is released at once, like any
+        # entry at its last release: idle under a ttl, finalized at ttl 0.
+        return Ledger.release(self, entry, now)  # pyright: ignore[reportUnknownMemberType]
 
     def created_at_once(self, key: K, resource: T) -> Entry[K, T]:
-        """A sync factory returned before any creation of ``key`` existed:
-        the entry, with the caller's reference (see ``failed_at_once``)."""
+        """A sync factory returned before any creation of ``key`` existed
+        (on an unguarded ledger): the entry, with the caller's reference
+        (see ``failed_at_once``)."""
         self.misses += 1
         self.created_total += 1
         entry = self.entries[key] = Entry(key, resource, 1)
@@ -331,34 +309,7 @@ class Ledger(IdleOrder[K, T]):
         creation.done = True
         self.factory_errors += 1
 
-    # -- retirement ----------------------------------------------------------
-
-    def _evict(self, entry: Entry[K, T]) -> None:
-        """Take a live entry out for good (its queue occurrences go stale)."""
-        del self.entries[entry.key]
-        if entry.refs == 0:
-            self.idle_count -= 1
-        entry.refs = -1
-        if self.doomed:
-            self.doomed.discard(entry)
-        if self.keyed:
-            self.keyed.pop(entry, None)
-        self.finalizing.add(entry)
-
-    def finalized(self, entry: Entry[K, T], ok: bool) -> None:
-        """The driver finished finalizing an evicted entry."""
-        # Counted before it leaves ``finalizing``: a driver that retires an
-        # idle ledger once nothing is finalizing then sees the final count.
-        self.finalized_total += 1
-        if not ok:
-            self.finalizer_errors += 1
-        self.finalizing.discard(entry)
-
-    def abandoned(self, entry: Entry[K, T]) -> None:
-        """A finalization was cut off (its event loop closed while it ran):
-        it is over, and it is not counted as finalized."""
-        self.abandoned_total += 1
-        self.finalizing.discard(entry)
+    # -- retirement ----------------------------------------------------------------
 
     def expire(self, key: K) -> Entry[K, T] | None:
         """Retire ``key``: an idle entry is evicted and returned for finalizing;
@@ -373,34 +324,23 @@ class Ledger(IdleOrder[K, T]):
             self.doomed.add(entry)
             self.reuse_before = -_INF
             return None
-        self._evict(entry)
+        self._evict(entry, RemovalCause.EXPIRED)
         return entry
-
-    def evict_all(self) -> list[Entry[K, T]]:
-        """Evict every live entry, referenced or not, and drop every deadline."""
-        evicted = list(self.entries.values())
-        keyed = self.keyed
-        for entry in evicted:
-            entry.refs = -1
-            self.finalizing.add(entry)
-            if keyed and entry in keyed:
-                self.owed[entry.key] = self.owed.get(entry.key, 0) + keyed[entry]
-        self.entries.clear()
-        self.forget_order()
-        self.doomed.clear()
-        keyed.clear()
-        self.timer_deadline = None
-        return evicted
 
     def retire_into(self, heir: Ledger[K, T]) -> list[Entry[K, T]]:
         """This ledger's event loop closed: ``heir`` takes its work over.
 
-        Every live entry is evicted and returned for the heir to finalize;
-        every finalization in flight moves to the heir's ``finalizing``; the
-        creations in flight are dropped (their waiters were on that loop).
-        The running totals stay here for the driver to keep.
+        Every live entry, and each entry a creation in flight was
+        validating, is evicted (``ORPHANED``) and returned for the heir to
+        finalize; every finalization in flight moves to the heir's
+        ``finalizing``; the creations in flight are dropped (their waiters
+        were on that loop). The running totals stay here for the driver.
         """
-        evicted = self.evict_all()
+        # (Never a LockedLedger's: a shared ledger outlives every loop.)
+        evicted = self.evict_all(RemovalCause.ORPHANED)
+        for creation in self.creating.values():
+            if creation.stale is not None:
+                evicted.append(self.invalidated(creation, RemovalCause.ORPHANED))
         heir.finalizing.update(self.finalizing)
         self.finalizing.clear()
         self.creating.clear()
@@ -410,49 +350,12 @@ class Ledger(IdleOrder[K, T]):
     def fail_creations(
         self, owner: object, error: BaseException
     ) -> list[Creation[K, T]]:
-        """Fail the creations ``owner`` runs (it can no longer finish them)."""
+        """Fail the creations ``owner`` runs (it can no longer finish them);
+        an entry one was validating is evicted into ``victims``."""
         doomed = [c for c in self.creating.values() if c.owner is owner]
         for creation in doomed:
+            if creation.stale is not None:
+                stale = Ledger.invalidated(self, creation, RemovalCause.ORPHANED)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+                self.victims.append(stale)  # pyright: ignore[reportUnknownArgumentType]
             Ledger.failed(self, creation, error)  # pyright: ignore[reportUnknownMemberType]
         return doomed
-
-    # -- time ----------------------------------------------------------------
-
-    def timer_fired(
-        self, now: float, limit: int
-    ) -> tuple[list[Entry[K, T]], float | None]:
-        """Evict at most ``limit`` entries whose deadline has passed.
-
-        Returns them with the deadline the next timer must fire at (already
-        past when more have expired: the driver yields to the loop and comes
-        back), or ``None`` when no timer is needed; that deadline is recorded
-        as armed.
-        """
-        expired: list[Entry[K, T]] = []
-        front = self._front()
-        while front is not None and front.deadline <= now and len(expired) < limit:
-            self.queue.popleft()
-            front.queued = 0
-            self._evict(front)
-            expired.append(front)
-            front = self._front()
-        self.expired_total += len(expired)
-        self.timer_deadline = None
-        if front is not None and front.deadline != _INF:
-            self.timer_deadline = front.deadline
-        return expired, self.timer_deadline
-
-    # -- observation ---------------------------------------------------------
-
-    def pending_cleanup_count(self) -> int:
-        """Idle entries waiting for a finite deadline, plus finalizations in flight."""
-        waiting = self.idle_count if self.ttl != _INF else 0
-        return waiting + len(self.finalizing)
-
-    def pending_cleanup(self) -> dict[K, float | None]:
-        """Each key with pending cleanup: its deadline, or ``None`` while finalizing."""
-        finalizing = self.finalizing.copy()  # one step, like the queue's copy
-        pending: dict[K, float | None] = {e.key: None for e in finalizing}
-        if self.ttl != _INF:
-            pending.update((key, e.deadline) for key, e in self.idle.items())
-        return pending

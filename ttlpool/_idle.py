@@ -127,11 +127,18 @@ class IdleOrder(Generic[K, T]):
                 self._compact()
         return deadline
 
+    def next_wake(self) -> float | None:
+        """When the timer must wake next: the front's deadline (``None``:
+        nothing idle expires)."""
+        front = self._front()
+        if front is None or front.deadline == _INF:
+            return None
+        return front.deadline
+
     def timer_lost(self, now: float) -> float | None:
         """The armed timer can no longer fire (its loop closed): re-arm for now."""
         self.timer_deadline = None
-        front = self._front()
-        if front is not None and front.deadline != _INF:
+        if self.next_wake() is not None:
             self.timer_deadline = now
         return self.timer_deadline
 

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from ttlpool._core import Creation, Entry
 from ttlpool.clock import Clock
+from ttlpool.stats import RemovalCause
 
 __all__ = [
     "INSIDE",
@@ -37,6 +38,7 @@ __all__ = [
     "FinalizationTask",
     "InsideOf",
     "Job",
+    "RemoveHook",
     "Settings",
     "cycle_message",
     "enter",
@@ -53,6 +55,8 @@ INSIDE: ContextVar[tuple[InsideOf, ...]] = ContextVar("ttlpool_inside", default=
 
 #: ``on_error(exception, operation, key)``.
 ErrorHook = Callable[[BaseException, str, Any], None]
+#: ``on_remove(key, resource, cause)``.
+RemoveHook = Callable[[Any, Any, RemovalCause], object]
 
 
 class CreationLost(RuntimeError):
@@ -69,8 +73,11 @@ class Settings:
         "errors_lock",
         "factory",
         "finalizer",
+        "leak_timeout",
         "on_error",
+        "on_remove",
         "timer_fired",
+        "validate",
     )
 
     def __init__(
@@ -80,17 +87,38 @@ class Settings:
         on_error: ErrorHook | None,
         clock: Clock,
         timer_fired: Callable[[Any], list[FinalizationTask]],
+        *,
+        validate: Callable[[Any], object] | None = None,
+        on_remove: RemoveHook | None = None,
+        leak_timeout: float | None = None,
     ) -> None:
         self.factory = factory
         self.finalizer = finalizer
         self.on_error = on_error
         self.clock = clock
+        self.validate = validate
+        self.on_remove = on_remove
+        self.leak_timeout = leak_timeout
         #: What a partition's timer calls (the pool picks the partition of
         #: the loop the clock called back on, and reaps there).
         self.timer_fired = timer_fired
         #: Every error the pool caught, from any thread (under ``errors_lock``).
         self.errors = 0
         self.errors_lock = threading.Lock()
+
+    def renewed(self, timer_fired: Callable[[Any], list[FinalizationTask]]) -> Settings:
+        """The same settings with a new lock and no errors counted (a
+        child's after ``os.fork()``)."""
+        return Settings(
+            self.factory,
+            self.finalizer,
+            self.on_error,
+            self.clock,
+            timer_fired,
+            validate=self.validate,
+            on_remove=self.on_remove,
+            leak_timeout=self.leak_timeout,
+        )
 
     def report(
         self, exc: BaseException, operation: str, key: object

@@ -77,7 +77,7 @@ class Resource(Generic[T]):
             # of loops with a _thread_id)
             if part is None or part.loop._thread_id != thread:  # type: ignore[attr-defined]
                 part = self._map.current()
-        if part is not None and part.own_ledger:
+        if part is not None and part.inline:
             # Ledger.hit, inlined: the warm hit is hot.
             ledger = part.ledger
             entry = ledger.entries.get(self._key)
@@ -86,6 +86,8 @@ class Resource(Generic[T]):
                     entry.refs += 1
                     if ledger.doomed:  # (only a held entry is marked)
                         ledger.doomed.discard(entry)
+                elif ledger.validates:  # an idle entry is validated first
+                    return await self._enter_slowly(part)
                 else:
                     entry.refs = 1
                     ledger.idle_count -= 1
@@ -96,7 +98,8 @@ class Resource(Generic[T]):
         return await self._enter_slowly(part)
 
     async def _enter_slowly(self, part: Partition[Any, T] | None) -> T:
-        """A hit on a shared ledger (which locks), a miss, a new loop."""
+        """A hit on a shared ledger (which locks), a miss, a new loop, a
+        pool with policies (``validate``, ``max_lifetime``)."""
         partitions, key = self._map, self._key
         if part is not None and not part.own_ledger:
             entry = part.ledger.hit(key)
@@ -138,7 +141,7 @@ class Resource(Generic[T]):
         if exc_type is GeneratorExit:  # its coroutine is being closed: no await
             self._map.release_from_anywhere(part, entry)
             return
-        if part.own_ledger:
+        if part.inline:
             refs = entry.refs - 1
             if refs > 0:  # still held
                 entry.refs = refs

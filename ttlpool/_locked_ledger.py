@@ -12,11 +12,13 @@ child replaces ``lock`` (the parent's may have been held at the fork).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Hashable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ttlpool._core import Creation, Entry, Ledger
+from ttlpool.stats import RemovalCause
 
 __all__ = ["LockedLedger"]
 
@@ -30,15 +32,19 @@ class LockedLedger(Ledger[K, T]):
     __slots__ = ("lock",)
 
     def __init__(
-        self, ttl: float | None, max_idle: int | None, lock: threading.Lock
+        self,
+        ttl: float | None,
+        max_idle: int | None,
+        lock: threading.Lock,
+        **policies: Any,
     ) -> None:
-        super().__init__(ttl, max_idle)
+        super().__init__(ttl, max_idle, **policies)
         self.lock = lock
         self.reusable = False  # (a lease's shortcut takes no lock)
 
-    def hit(self, key: K) -> Entry[K, T] | None:
+    def hit(self, key: K, now: float | None = None) -> Entry[K, T] | None:
         with self.lock:
-            return super().hit(key)
+            return super().hit(key, now)
 
     def release(self, entry: Entry[K, T], now: float) -> int:
         with self.lock:
@@ -57,10 +63,10 @@ class LockedLedger(Ledger[K, T]):
             return super().take_victims()
 
     def lookup(
-        self, key: K, missed: bool = False
+        self, key: K, missed: bool = False, now: float = -math.inf
     ) -> tuple[Entry[K, T] | Creation[K, T], bool]:
         with self.lock:
-            return super().lookup(key, missed)
+            return super().lookup(key, missed, now)
 
     def listen(self, creation: Creation[K, T], listener: object) -> bool:
         with self.lock:
@@ -76,6 +82,16 @@ class LockedLedger(Ledger[K, T]):
         with self.lock:
             return super().created(creation, resource, now)
 
+    def revalidated(
+        self, creation: Creation[K, T], now: float
+    ) -> tuple[Entry[K, T], int] | None:
+        with self.lock:
+            return super().revalidated(creation, now)
+
+    def invalidated(self, creation: Creation[K, T], cause: RemovalCause) -> Entry[K, T]:
+        with self.lock:
+            return super().invalidated(creation, cause)
+
     def failed(self, creation: Creation[K, T], error: BaseException) -> None:
         with self.lock:
             super().failed(creation, error)
@@ -88,9 +104,11 @@ class LockedLedger(Ledger[K, T]):
         with self.lock:
             return super().expire(key)
 
-    def evict_all(self) -> list[Entry[K, T]]:
+    def evict_all(
+        self, cause: RemovalCause = RemovalCause.CLEARED
+    ) -> list[Entry[K, T]]:
         with self.lock:
-            return super().evict_all()
+            return super().evict_all(cause)
 
     def abandoned(self, entry: Entry[K, T]) -> None:
         with self.lock:

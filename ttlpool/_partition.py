@@ -26,15 +26,17 @@ end, and counts as finalized only then). Both start eagerly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sys
 import threading
 from collections.abc import AsyncGenerator, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from ttlpool._aio import is_awaitable, resolve, resolve_threadsafe, start_task
 from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
+from ttlpool._finalizer import Finalizer
 from ttlpool._handover import Mailbox, Owner
 from ttlpool._jobs import (
     INSIDE,
@@ -53,6 +55,7 @@ from ttlpool._jobs import (
     wait_finalizations,
 )
 from ttlpool.clock import TimerHandle
+from ttlpool.stats import RemovalCause
 
 __all__ = ["REAP_SLICE", "Partition"]
 
@@ -72,18 +75,14 @@ def _factory_failed(exc: BaseException, key: object) -> BaseException:
     return exc
 
 
-class Partition(Generic[K, T]):
+class Partition(Finalizer[K, T]):
     """One event loop's ledger, idle timer and jobs."""
 
     __slots__ = (
         "given_back",
-        "jobs",
-        "ledger",
-        "loop",
-        "mailbox",
+        "inline",
         "now",
         "own_ledger",
-        "settings",
         "thread",
         "timer",
         "watcher",
@@ -102,6 +101,9 @@ class Partition(Generic[K, T]):
         self.now = settings.clock.now
         #: Its ledger is its own (not one every loop shares, which locks).
         self.own_ledger = type(ledger) is Ledger
+        #: A lease may do its hit and release inline: no lifetime to check
+        #: (a reuse of an idle entry still asks ``ledger.validates``).
+        self.inline = self.own_ledger and ledger.lifetimes is None
         self.mailbox = Mailbox(loop, lock)
         self.jobs: set[Job] = set()
         self.timer: TimerHandle | None = None
@@ -144,9 +146,22 @@ class Partition(Generic[K, T]):
         return creation
 
     def create(self, creation: Creation[K, T]) -> None:
-        """Call the factory for ``creation``; an awaitable result is awaited
-        in a job. A ``BaseException`` from a sync factory fails the
-        creation's waiters and is re-raised."""
+        """Call the factory for ``creation`` (first ``validate``, for the idle
+        entry it may hand out again); an awaitable result is awaited in a
+        job. A ``BaseException`` from a sync factory or ``validate`` fails
+        the creation's waiters and is re-raised."""
+        if creation.stale is not None:
+            validate = self.settings.validate
+            assert validate is not None
+            try:
+                verdict: object = validate(creation.stale.resource)
+            except BaseException as exc:
+                verdict = exc
+            if is_awaitable(verdict):
+                self._start_creation(creation, verdict)
+                return
+            if self.validated(creation, verdict):
+                return
         try:
             result = self.settings.factory(creation.key)
         except BaseException as exc:
@@ -172,17 +187,53 @@ class Partition(Generic[K, T]):
         except GeneratorExit:
             raise  # collected with its closed loop: the adopter settled it
         except BaseException as exc:
-            # Every waiter gets it; the task itself ends quietly, so that a
-            # KeyboardInterrupt does not leave the event loop from here.
-            self.jobs.discard(job)
-            self.creation_ended(creation, error=exc)
-            if creation.waiters == 0 and isinstance(exc, Exception):
-                self.settings.report(exc, "create", creation.key)  # nobody else
-            return
+            if creation.stale is not None:  # validate raised
+                resource = exc
+            else:
+                self._creation_failed(job, exc)
+                return
         self.jobs.discard(job)
+        if creation.stale is not None:  # validate answered
+            with contextlib.suppress(BaseException):  # (the waiters have it)
+                if not self.validated(creation, resource):
+                    self.create(creation)
+            return
         action = self.creation_ended(creation, resource)
         if action and creation.entry is not None:
             await wait_finalizations(self.after_release(creation.entry, action))
+
+    def _creation_failed(self, job: CreationJob, exc: BaseException) -> None:
+        # Every waiter gets it; the task itself ends quietly, so that a
+        # KeyboardInterrupt does not leave the event loop from here.
+        creation = job.creation
+        self.jobs.discard(job)
+        self.creation_ended(creation, error=exc)
+        if creation.waiters == 0 and isinstance(exc, Exception):
+            self.settings.report(exc, "create", creation.key)  # nobody else
+
+    def validated(self, creation: Creation[K, T], verdict: object) -> bool:
+        """What ``validate`` said of ``creation.stale`` (an exception it
+        raised, or its answer): true when that ended the creation (the
+        entry is handed out again, or a ``BaseException`` failed it, and
+        is re-raised); false when the entry was retired and the factory
+        must make a new one."""
+        ledger, key = self.ledger, creation.key
+        cause = RemovalCause.INVALID
+        if isinstance(verdict, Exception):
+            self.settings.report(verdict, "validate", key)
+        elif not isinstance(verdict, BaseException) and verdict:
+            settled = ledger.revalidated(creation, self.now())
+            if settled is not None:
+                self._wake(creation)
+                if settled[1]:  # nobody waits any more
+                    self.after_release(*settled)
+                return True
+            cause = RemovalCause.LIFETIME
+        self.finalize([ledger.invalidated(creation, cause)])
+        if isinstance(verdict, BaseException) and not isinstance(verdict, Exception):
+            self.creation_ended(creation, error=verdict)
+            raise verdict
+        return False
 
     def creation_ended(
         self,
@@ -197,12 +248,16 @@ class Partition(Generic[K, T]):
             self.ledger.failed(creation, _factory_failed(error, creation.key))
         else:
             action = self.ledger.created(creation, resource, self.now())[1]
+        self._wake(creation)
+        return action
+
+    def _wake(self, creation: Creation[K, T]) -> None:
+        """Wake every waiter of a creation that ended."""
         for waiter in creation.listeners:
             if waiter.get_loop() is self.loop:
                 resolve(waiter, None)
             else:  # a shared ledger's waiter on another loop
                 resolve_threadsafe(waiter, None)
-        return action
 
     async def wait(self, creation: Creation[K, T]) -> Entry[K, T] | None:
         """Wait, as a counted waiter, for a creation this caller joined.
@@ -251,75 +306,6 @@ class Partition(Generic[K, T]):
         if action & EVICTED:
             doomed += self.ledger.take_victims()
         return self.finalize(doomed)
-
-    def finalize(self, entries: Iterable[Entry[K, T]]) -> list[FinalizationTask]:
-        """Call the finalizer of each evicted entry; return the jobs that
-        await what the finalizers returned.
-
-        Every entry is finalized (or its finalizer reported as failed) even
-        if one finalizer or the ``on_error`` hook raises a ``BaseException``;
-        that is re-raised after the last one. A partition that a fork left
-        behind finalizes nothing: its resources are the parent's.
-        """
-        if self.mailbox.owner is Owner.FORKED:
-            return []
-        ledger, finalizer = self.ledger, self.settings.finalizer
-        tasks: list[FinalizationTask] = []
-        interrupt: BaseException | None = None
-        for entry in entries:
-            if finalizer is None:
-                ledger.finalized(entry, True)
-                continue
-            try:
-                result = finalizer(entry.resource)
-            except BaseException as exc:
-                ledger.finalized(entry, False)
-                raised = self._failed(exc, entry.key)
-                interrupt = interrupt or raised
-                continue
-            if not is_awaitable(result):
-                ledger.finalized(entry, True)
-                continue
-            job = Finalization(entry, result)
-            tasks.append(self._start_finalization(job))
-        if interrupt is not None:
-            raise interrupt
-        return tasks
-
-    def _failed(self, exc: BaseException, key: object) -> BaseException | None:
-        """Report a finalizer's ``Exception``; return, logged, the
-        ``BaseException`` to re-raise (``exc``, or one ``on_error`` raised)."""
-        if isinstance(exc, Exception):
-            interrupt = self.settings.report(exc, "finalize", key)
-        else:
-            interrupt = exc
-        if interrupt is not None:
-            log.error("ttlpool: finalize of key %r raised", key, exc_info=interrupt)
-        return interrupt
-
-    def _start_finalization(self, job: Finalization) -> FinalizationTask:
-        self.jobs.add(job)
-        task = start_task(self.loop, self._run_finalization(job), finishing=True)
-        job.task = task
-        return task
-
-    async def _run_finalization(self, job: Finalization) -> BaseException | None:
-        """Await a finalizer's awaitable; return the ``BaseException`` for
-        whoever waits for the job to re-raise (not raised here: the task
-        would take it out of the loop before the other jobs ended)."""
-        assert job.awaitable is not None
-        enter(job.entry, job.awaitable)
-        try:
-            await job.awaitable
-        except GeneratorExit:
-            raise  # collected with its closed loop: the adopter settled it
-        except BaseException as exc:
-            self.jobs.discard(job)
-            self.ledger.finalized(job.entry, False)
-            return self._failed(exc, job.entry.key)
-        self.jobs.discard(job)
-        self.ledger.finalized(job.entry, True)
-        return None
 
     # -- the loop's shutdown ----------------------------------------------------
 
@@ -411,6 +397,7 @@ class Partition(Generic[K, T]):
             for creation in self.ledger.fail_creations(dead, lost):
                 for waiter in creation.listeners:
                     resolve_threadsafe(waiter, None)
+            evicted = self.ledger.take_victims()  # entries they were validating
             if dead.timer is not None:  # it held the shared timer
                 dead.cancel_timer()  # (a clock may run it on another loop)
                 if self.ledger.timer_lost(self.now()) is not None:
@@ -418,7 +405,6 @@ class Partition(Generic[K, T]):
             given_back, dead.given_back = dead.given_back, []
             for entry in given_back:  # leases it never got to release
                 self.release_soon(entry)
-            evicted: list[Entry[K, T]] = []
         else:
             dead.cancel_timer()
             evicted = dead.ledger.retire_into(self.ledger)

@@ -44,14 +44,16 @@ from ttlpool._handover import Answer, Owner, Request, Route
 from ttlpool._jobs import (
     ErrorHook,
     FinalizationTask,
+    RemoveHook,
     Settings,
 )
 from ttlpool._locked_ledger import LockedLedger
 from ttlpool._partition import Partition
 from ttlpool.clock import Clock
 from ttlpool.errors import PoolClosedError
+from ttlpool.stats import RemovalCause
 
-__all__ = ["TOTALS", "Partitions"]
+__all__ = ["TOTALS", "Partitions", "totals_of"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -73,6 +75,7 @@ class Partitions(Generic[K, T]):
         "lock",
         "max_idle",
         "parts",
+        "policies",
         "retired",
         "settings",
         "shared",
@@ -89,10 +92,28 @@ class Partitions(Generic[K, T]):
         ttl: float,
         max_idle: int | None,
         per_loop: bool,
+        validate: Callable[[Any], object] | None = None,
+        max_lifetime: float | None = None,
+        on_remove: RemoveHook | None = None,
+        leak_timeout: float | None = None,
     ) -> None:
         self.ttl = ttl
         self.max_idle = max_idle
-        self.settings = Settings(factory, finalizer, on_error, clock, self.timer_fired)
+        #: What every ledger of the pool is built with beyond ttl and max_idle.
+        self.policies: dict[str, Any] = {
+            "validates": validate is not None,
+            "max_lifetime": max_lifetime,
+        }
+        self.settings = Settings(
+            factory,
+            finalizer,
+            on_error,
+            clock,
+            self.timer_fired,
+            validate=validate,
+            on_remove=on_remove,
+            leak_timeout=leak_timeout,
+        )
         self.lock = threading.Lock()
         self.closed = False
         self.all: dict[asyncio.AbstractEventLoop, Partition[K, T]] = {}
@@ -100,9 +121,11 @@ class Partitions(Generic[K, T]):
         #: Each thread's partition, as of its last acquire (before 3.12).
         self.by_thread: dict[int, Partition[K, T]] = {}
         self.shared: LockedLedger[K, T] | None = (
-            None if per_loop else LockedLedger(ttl, max_idle, threading.Lock())
+            None
+            if per_loop
+            else LockedLedger(ttl, max_idle, threading.Lock(), **self.policies)
         )
-        self.retired: dict[str, int] = dict.fromkeys(TOTALS, 0)
+        self.retired: dict[str, int] = totals_of(None)
         _EVERY.add(self)
 
     def forget(self) -> None:
@@ -117,22 +140,18 @@ class Partitions(Generic[K, T]):
             part.mailbox.owner = Owner.FORKED
             part.mailbox.lock = threading.Lock()
         settings = self.settings
-        self.settings = Settings(
-            settings.factory,
-            settings.finalizer,
-            settings.on_error,
-            settings.clock,
-            self.timer_fired,
-        )
+        self.settings = settings.renewed(self.timer_fired)
         settings.errors_lock = threading.Lock()
         if self.shared is not None:
             self.shared.lock = threading.Lock()
-            self.shared = LockedLedger(self.ttl, self.max_idle, threading.Lock())
+            self.shared = LockedLedger(
+                self.ttl, self.max_idle, threading.Lock(), **self.policies
+            )
         self.lock = threading.Lock()
         self.all = {}
         self.parts = {} if self.closed else self.all
         self.by_thread = {}
-        self.retired = dict.fromkeys(TOTALS, 0)
+        self.retired = totals_of(None)
 
     def close(self) -> None:
         """Every later acquire raises: hits miss, and misses see ``closed``."""
@@ -183,7 +202,11 @@ class Partitions(Generic[K, T]):
         found: Entry[K, T] | Creation[K, T] | None = None
         started = False
         try:
-            if not part.own_ledger or key in ledger.creating:
+            if ledger.guarded:
+                found, started = ledger.lookup(key, part is missed_in, part.now())
+                if ledger.victims:  # an idle entry past its lifetime
+                    part.finalize(ledger.take_victims())
+            elif not part.own_ledger or key in ledger.creating:
                 found, started = ledger.lookup(key, part is missed_in)
             elif part is not missed_in:
                 found = ledger.hit(key)
@@ -243,7 +266,9 @@ class Partitions(Generic[K, T]):
 
     def new_partition(self, loop: asyncio.AbstractEventLoop) -> Partition[K, T]:
         """A partition for ``loop``, the running loop (``_lock`` held)."""
-        ledger: Ledger[K, T] = self.shared or Ledger(self.ttl, self.max_idle)
+        ledger: Ledger[K, T] = self.shared or Ledger(
+            self.ttl, self.max_idle, **self.policies
+        )
         part = self.all[loop] = Partition(loop, ledger, self.settings, self.lock)
         part.watcher = on_shutdown(loop, part.shutting_down)
         return part
@@ -299,8 +324,8 @@ class Partitions(Generic[K, T]):
                 if self.all.get(part.loop) is part:
                     del self.all[part.loop]
                 if part.ledger is not self.shared:
-                    for name, attr in TOTALS.items():
-                        self.retired[name] += getattr(part.ledger, attr)
+                    for name, count in totals_of(part.ledger).items():
+                        self.retired[name] += count
             try:
                 tasks += here.adopt(part)
             except BaseException as exc:  # a sync finalizer's: after the rest
@@ -378,6 +403,15 @@ class Partitions(Generic[K, T]):
 
 
 #: PoolStats totals and the Ledger attributes that count them.
+def totals_of(ledger: Ledger[Any, Any] | None) -> dict[str, int]:
+    """A ledger's running totals by PoolStats name, removals by cause name
+    (``None``: all zero)."""
+    totals = {name: getattr(ledger, attr, 0) for name, attr in TOTALS.items()}
+    for cause in RemovalCause:
+        totals[f"removed {cause.name.lower()}"] = ledger.removed[cause] if ledger else 0
+    return totals
+
+
 TOTALS = {
     "hits": "hits",
     "misses": "misses",

@@ -70,9 +70,15 @@ class SharedPool(ResourcePool[K, T]):
         finalizer: Callable[[T], object] | None,
         ttl: float | None,
         clock: Clock,
+        max_lifetime: float | None = None,
     ) -> None:
         super().__init__(
-            factory, finalizer=finalizer, ttl=ttl, per_loop=False, clock=clock
+            factory,
+            finalizer=finalizer,
+            ttl=ttl,
+            per_loop=False,
+            clock=clock,
+            max_lifetime=max_lifetime,
         )
 
     def _ledger(self) -> LockedLedger[K, T]:
@@ -90,7 +96,10 @@ class SharedPool(ResourcePool[K, T]):
         """
         if self._map.closed:
             return None
-        return self._ledger().hit(key)
+        ledger = self._ledger()
+        if ledger.guarded:  # (max_lifetime: a hit needs the time)
+            return ledger.hit(key, self._map.settings.clock.now())
+        return ledger.hit(key)
 
     async def lease_here(self, key: K, operation: str) -> Entry[K, T]:
         """On an event loop: take one reference of ``key``'s entry, making

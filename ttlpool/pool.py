@@ -10,6 +10,7 @@ lookup: see that module for who touches what).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
@@ -25,11 +26,12 @@ from ttlpool._checks import (
 )
 from ttlpool._core import Entry
 from ttlpool._jobs import ErrorHook, wait_finalizations
+from ttlpool._leaks import WatchedResource, warn_unclosed
 from ttlpool._lease import Resource
 from ttlpool._partition import REAP_SLICE
-from ttlpool._partitions import TOTALS, Partitions
+from ttlpool._partitions import Partitions, totals_of
 from ttlpool.clock import Clock, MonotonicClock
-from ttlpool.stats import PoolStats
+from ttlpool.stats import PoolStats, RemovalCause, Removals
 
 __all__ = ["REAP_SLICE", "ErrorHook", "Resource", "ResourcePool"]
 
@@ -53,6 +55,18 @@ class ResourcePool(Generic[K, T]):
     Errors the pool catches are logged on the ``ttlpool`` logger, counted in
     :attr:`stats` and passed to ``on_error(exception, operation, key)``.
 
+    Lifecycle options, off by default and free when off (SPEC 10):
+    ``validate(resource)`` (sync or async) is asked before an idle entry is
+    handed out again, and a false answer or an exception retires it (cause
+    ``INVALID``) for a new one, one validation at a time per key;
+    ``max_lifetime`` seconds after its creation (drawn from the last tenth)
+    an entry is no longer handed out, and leaves at its last release;
+    ``on_remove(key, resource, cause)`` runs before each finalizer with a
+    :class:`~ttlpool.RemovalCause`; ``leak_timeout`` seconds after a lease
+    was entered without being left, a warning names its key and the stack
+    that acquired it (and a lease or pool collected while holding entries
+    emits a ``ResourceWarning``).
+
     By default every event loop has its own entries (``per_loop=True``), as
     most asyncio resources belong to the loop that made them; with
     ``per_loop=False`` all loops share them. ``clock`` replaces the time
@@ -60,7 +74,7 @@ class ResourcePool(Generic[K, T]):
     Constructing a pool needs no running event loop.
     """
 
-    __slots__ = ("__weakref__", "_map", "_per_loop", "_ttl")
+    __slots__ = ("__weakref__", "_lease", "_map", "_per_loop", "_ttl")
 
     @overload
     def __init__(
@@ -73,6 +87,10 @@ class ResourcePool(Generic[K, T]):
         on_error: ErrorHook | None = None,
         per_loop: bool = True,
         clock: Clock | None = None,
+        validate: Callable[[T], bool | Awaitable[bool]] | None = None,
+        max_lifetime: float | None = None,
+        on_remove: Callable[[K, T, RemovalCause], object] | None = None,
+        leak_timeout: float | None = None,
     ) -> None: ...
 
     @overload
@@ -86,6 +104,10 @@ class ResourcePool(Generic[K, T]):
         on_error: ErrorHook | None = None,
         per_loop: bool = True,
         clock: Clock | None = None,
+        validate: Callable[[T], bool | Awaitable[bool]] | None = None,
+        max_lifetime: float | None = None,
+        on_remove: Callable[[K, T, RemovalCause], object] | None = None,
+        leak_timeout: float | None = None,
     ) -> None: ...
 
     def __init__(
@@ -98,12 +120,18 @@ class ResourcePool(Generic[K, T]):
         on_error: ErrorHook | None = None,
         per_loop: bool = True,
         clock: Clock | None = None,
+        validate: Callable[[T], bool | Awaitable[bool]] | None = None,
+        max_lifetime: float | None = None,
+        on_remove: Callable[[K, T, RemovalCause], object] | None = None,
+        leak_timeout: float | None = None,
     ) -> None:
         where = "ResourcePool()"
         self._ttl = check_ttl(ttl, where)
         check_callable(factory, "factory", where, optional=False)
         check_callable(finalizer, "finalizer", where, optional=True)
         check_callable(on_error, "on_error", where, optional=True)
+        check_callable(validate, "validate", where, optional=True)
+        check_callable(on_remove, "on_remove", where, optional=True)
         if not isinstance(cast(object, per_loop), bool):
             raise TypeError(f"{where}: per_loop must be a bool, not {per_loop!r}")
         self._per_loop = per_loop
@@ -115,7 +143,19 @@ class ResourcePool(Generic[K, T]):
             ttl=self._ttl,
             max_idle=check_max_idle(max_idle, where),
             per_loop=per_loop,
+            validate=validate,
+            max_lifetime=check_seconds(
+                max_lifetime, "max_lifetime", where, positive=True
+            ),
+            on_remove=on_remove,
+            leak_timeout=check_seconds(
+                leak_timeout, "leak_timeout", where, positive=True
+            ),
         )
+        self._lease: type[Resource[T]] = Resource
+        if leak_timeout is not None:
+            self._lease = WatchedResource
+            weakref.finalize(self, warn_unclosed, self._map).atexit = False
 
     if not TYPE_CHECKING:
 
@@ -148,7 +188,7 @@ class ResourcePool(Generic[K, T]):
             hash(key)  # inline: this is the hot path
         except TypeError:
             raise unhashable("get", key) from None
-        return Resource(self._map, key)
+        return self._lease(self._map, key)
 
     async def acquire(self, key: K) -> T:
         """Acquire ``key``'s resource, creating it on a miss.
@@ -265,14 +305,19 @@ class ResourcePool(Generic[K, T]):
             ledgers = partitions.ledgers()
         gauges = dict.fromkeys(_GAUGES, 0)
         for ledger in ledgers:
-            for name, attr in TOTALS.items():
-                totals[name] += getattr(ledger, attr)
+            for name, count in totals_of(ledger).items():
+                totals[name] += count
             gauges["total_entries"] += len(ledger.entries)
             gauges["referenced_entries"] += ledger.referenced
             gauges["idle_entries"] += ledger.idle_count
             gauges["creating"] += len(ledger.creating)
             gauges["pending_cleanup"] += ledger.pending_cleanup_count()
-        return PoolStats(**gauges, **totals, errors=partitions.settings.errors)
+        removed = Removals(
+            *(totals.pop(f"removed {cause.name.lower()}") for cause in RemovalCause)
+        )
+        return PoolStats(
+            **gauges, **totals, errors=partitions.settings.errors, removed=removed
+        )
 
     @property
     def pending_cleanup(self) -> dict[K, float | None]:

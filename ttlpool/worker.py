@@ -104,7 +104,8 @@ class WorkerLoopPool:
     kept warm while dispatches keep coming. A loop idle for ``ttl`` seconds
     is retired by itself (``None``: never; ``0``: after every dispatch); a
     dispatch that arrives meanwhile gets a fresh loop at once and never
-    waits for the old one's teardown.
+    waits for the old one's teardown. ``max_lifetime`` recycles a loop that
+    long after it started, once its dispatches in progress ended.
 
     Retiring a loop cancels every task on it, generation after generation,
     for up to ``drain_timeout`` seconds (see :func:`~ttlpool.drain_tasks`),
@@ -135,6 +136,7 @@ class WorkerLoopPool:
         join_timeout: float | None = 5.0,
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
         name: str = "ttlpool-worker",
+        max_lifetime: float | None = None,
     ) -> None:
         where = "WorkerLoopPool()"
         self._drain_timeout = check_seconds(drain_timeout, "drain_timeout", where)
@@ -149,15 +151,15 @@ class WorkerLoopPool:
         self._name = name
         self._control_loop = ControlLoop(name, self._drain_timeout, self._join_timeout)
         # Calls lease from the caller's thread (a miss: its loop, or the
-        # control loop) and give back from the worker's, so the
-        # (loop-agnostic) workers are shared across loops; the idle timer
-        # always lives on the control loop, so reaping never depends on a
-        # caller's loop staying alive.
+        # control loop) and give back from the worker's, so the workers are
+        # shared across loops; the idle timer lives on the control loop, so
+        # reaping never depends on a caller's loop staying alive.
         self._pool: SharedPool[Hashable, _WorkerLoop] = SharedPool(
             self._create_worker,
             finalizer=self._retire_worker,
             ttl=ttl,
             clock=self._control_loop,
+            max_lifetime=max_lifetime,
         )
 
     # -- public API ------------------------------------------------------------
