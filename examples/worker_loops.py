@@ -33,15 +33,15 @@ After::
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 import threading
 import urllib.request
 from collections.abc import Sequence
 
 from ttlpool import WorkerLoopPool
 
-__all__ = ["fetch_all", "fetch_blocking", "main"]
+__all__ = ["fetch_all", "fetch_blocking", "main", "parse_args"]
 
 
 async def fetch_blocking(url: str) -> tuple[str, str]:
@@ -67,5 +67,16 @@ async def main(urls: Sequence[str]) -> None:
             print(f"{thread}: {body[:60]!r}")
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line: ``URL [URL ...]``; ``--help`` for usage."""
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").partition("\n")[0].replace("``", ""),
+    )
+    parser.add_argument(
+        "urls", metavar="URL", nargs="+", help="a URL for urllib to fetch"
+    )
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    asyncio.run(main(parse_args().urls))
