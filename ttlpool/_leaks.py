@@ -11,15 +11,17 @@ Three leaks, three reports:
 - a pool collected while it still holds entries, never closed: a
   ``ResourceWarning`` ("unclosed ResourcePool"), like an unclosed file.
 
-A pool without ``leak_timeout`` hands out plain :class:`~ttlpool.Resource`
-leases and registers nothing: the option costs nothing when off. A
+A lease of a pool with ``leak_timeout`` takes its out-of-line paths
+(:mod:`ttlpool._lease`), which call :func:`watch` once entered and
+:func:`unwatch` once left; a pool without it registers nothing and runs
+the same inlined hit and release: the option costs nothing when off. A
 ``ResourceWarning`` is ignored by default; ``-W error`` turns each into a
 failure (from a collection, as an unraisable exception).
 
-Who touches what: a :class:`WatchedResource` is its task's, like any lease;
-its :class:`_Watch` is shared with the timer of the lease's loop, and its
-one flag is set once, by whichever thread ends the lease (a plain store:
-the timer only reads it).
+Who touches what: a :class:`Watch` belongs to its lease (its task's), and
+is shared with the timer of the lease's loop and with the lease's weakref
+finalizer; ``ended`` is set once, by whichever ends the lease (a plain
+store: the timer only reads it).
 """
 
 from __future__ import annotations
@@ -31,39 +33,41 @@ import logging
 import os
 import traceback
 import warnings
-from types import CodeType, FrameType, TracebackType
-from typing import Any, TypeVar
+import weakref
+from types import CodeType, FrameType
+from typing import Any
 
-from ttlpool._lease import Resource
+from ttlpool._core import Entry
+from ttlpool._partition import Partition
 from ttlpool._partitions import Partitions
 from ttlpool.clock import Clock, TimerHandle
 
-__all__ = ["WatchedResource", "warn_unclosed"]
-
-T = TypeVar("T")
+__all__ = ["Watch", "unwatch", "warn_unclosed", "watch"]
 
 log = logging.getLogger("ttlpool")
 
 
-class _Watch:
-    """One entered lease, as its loop's timer sees it."""
+class Watch:
+    """One entered lease of a pool with ``leak_timeout``: its timer, and
+    what runs if the lease is collected first."""
 
-    __slots__ = ("ended", "timer")
+    __slots__ = ("collected", "ended", "timer")
 
     def __init__(self) -> None:
         self.ended = False
         self.timer: TimerHandle | None = None
+        self.collected: weakref.finalize[Any, Any] | None = None
 
 
 def _held_too_long(
-    watch: _Watch,
+    watched: Watch,
     key: object,
     clock: Clock,
     acquired_at: float,
     timeout: float,
     stack: Stack,
 ) -> None:
-    if watch.ended:
+    if watched.ended:
         return
     log.warning(
         "ttlpool: a lease of key %r has been held for %.3g s, past leak_timeout "
@@ -104,65 +108,53 @@ def _format(stack: Stack) -> str:
     return "".join(traceback.format_list(frames)).rstrip("\n")
 
 
-class WatchedResource(Resource[T]):
-    """A lease of a pool with ``leak_timeout`` (see the module doc)."""
+def watch(lease: object, part: Partition[Any, Any], entry: Entry[Any, Any]) -> Watch:
+    """Start watching ``lease``, just entered on ``part`` with ``entry`` (its
+    pool has a ``leak_timeout``); the caller's caller acquired it."""
+    settings = part.settings
+    timeout, clock = settings.leak_timeout, settings.clock
+    assert timeout is not None
+    stack = _acquiring_stack(2)
+    watched = Watch()
+    now = clock.now()
+    report = functools.partial(
+        _held_too_long, watched, entry.key, clock, now, timeout, stack
+    )
+    watched.timer = clock.call_at(part.loop, now + timeout, report)
+    watched.collected = weakref.finalize(lease, _collected, watched, part, entry)
+    watched.collected.atexit = False
+    return watched
 
-    __slots__ = ("_watch",)
 
-    def __init__(self, partitions: Partitions[Any, T], key: Any) -> None:
-        super().__init__(partitions, key)
-        self._watch: _Watch | None = None
+def unwatch(watched: Watch, key: object, closed: bool) -> None:
+    """The lease left (``closed``: its coroutine was closed while it was
+    entered, and its reference given back: that is reported)."""
+    watched.ended = True
+    if watched.collected is not None:
+        watched.collected.detach()
+    if closed:
+        _warn_never_left(key, "its coroutine was closed before it left")
+    elif watched.timer is not None:
+        watched.timer.cancel()  # (a closed coroutine may be on any thread)
 
-    async def __aenter__(self) -> T:
-        resource = await super().__aenter__()
-        part = self._part
-        assert part is not None
-        settings = part.settings
-        timeout = settings.leak_timeout
-        assert timeout is not None
-        stack = _acquiring_stack(1)
-        watch = self._watch = _Watch()
-        now = settings.clock.now()
-        report = functools.partial(
-            _held_too_long, watch, self._key, settings.clock, now, timeout, stack
-        )
-        watch.timer = settings.clock.call_at(part.loop, now + timeout, report)
-        return resource
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        watch = self._watch
-        if watch is not None and not watch.ended:
-            watch.ended = True
-            if watch.timer is not None and exc_type is not GeneratorExit:
-                watch.timer.cancel()  # (on its loop: a closed coroutine may not be)
-        await super().__aexit__(exc_type, exc, tb)
-        if exc_type is GeneratorExit:  # given back already: now say so
-            self._collected("its coroutine was closed before it left")
+def _collected(
+    watched: Watch, part: Partition[Any, Any], entry: Entry[Any, Any]
+) -> None:
+    """The lease was garbage collected while entered: give its reference back."""
+    watched.ended = True
+    Partitions.release_from_anywhere(part, entry)
+    _warn_never_left(entry.key, "it was garbage collected")
 
-    def __del__(self) -> None:
-        part = getattr(self, "_part", None)
-        if part is None:  # never entered, or left
-            return
-        self._part = None
-        if self._watch is not None:
-            self._watch.ended = True
-        entry: Any = self._entry
-        Partitions.release_from_anywhere(part, entry)
-        self._collected("it was garbage collected")
 
-    def _collected(self, how: str) -> None:
-        warnings.warn(
-            f"ttlpool: a lease of key {self._key!r} was never left: {how} while "
-            "entered; its reference was given back (leave every lease: "
-            "`async with pool.get(key)`)",
-            ResourceWarning,
-            stacklevel=2,
-        )
+def _warn_never_left(key: object, how: str) -> None:
+    warnings.warn(
+        f"ttlpool: a lease of key {key!r} was never left: {how} while "
+        "entered; its reference was given back (leave every lease: "
+        "`async with pool.get(key)`)",
+        ResourceWarning,
+        stacklevel=3,
+    )
 
 
 def warn_unclosed(partitions: Partitions[Any, Any]) -> None:

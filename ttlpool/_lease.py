@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from ttlpool._core import Entry
 from ttlpool._jobs import wait_finalizations
+from ttlpool._leaks import Watch, unwatch, watch
 from ttlpool._partition import Partition
 from ttlpool._partitions import Partitions
 
@@ -54,13 +55,14 @@ class Resource(Generic[T]):
     # ``_entry``: None (new), _ENTERING, then the entry acquired, for good.
     # ``_part``: unset until entered (one store fewer per lease on the hot
     # path), the partition while entered, None once left.
-    __slots__ = ("_entry", "_key", "_map", "_part")
+    __slots__ = ("__weakref__", "_entry", "_key", "_map", "_part", "_watch")
 
     def __init__(self, partitions: Partitions[Any, T], key: Hashable) -> None:
         self._map = partitions
         self._key = key
         self._entry: Entry[Any, T] | None = None
         self._part: Partition[Any, T] | None
+        self._watch: Watch  # (set only when its pool has a leak_timeout)
 
     async def __aenter__(self) -> T:
         if self._entry is not None:
@@ -99,14 +101,13 @@ class Resource(Generic[T]):
 
     async def _enter_slowly(self, part: Partition[Any, T] | None) -> T:
         """A hit on a shared ledger (which locks), a miss, a new loop, a
-        pool with policies (``validate``, ``max_lifetime``)."""
+        pool with lifecycle options (``validate``, ``max_lifetime``,
+        ``leak_timeout``)."""
         partitions, key = self._map, self._key
-        if part is not None and not part.own_ledger:
+        if part is not None and not part.inline:  # (else its hit missed already)
             entry = part.ledger.hit(key)
             if entry is not None:
-                self._part = part
-                self._entry = entry
-                return entry.resource
+                return self._entered(part, entry)
         self._entry = _ENTERING
         try:
             part, found = partitions.start_acquire(key, "get", part)
@@ -117,8 +118,13 @@ class Resource(Generic[T]):
         except BaseException:
             self._entry = None
             raise
+        return self._entered(part, entry)
+
+    def _entered(self, part: Partition[Any, T], entry: Entry[Any, T]) -> T:
         self._part = part
         self._entry = entry
+        if part.settings.leak_timeout is not None:
+            self._watch = watch(self, part, entry)
         return entry.resource
 
     async def __aexit__(
@@ -140,6 +146,8 @@ class Resource(Generic[T]):
         entry: Entry[Any, T] = self._entry  # type: ignore[assignment]
         if exc_type is GeneratorExit:  # its coroutine is being closed: no await
             self._map.release_from_anywhere(part, entry)
+            if part.settings.leak_timeout is not None:
+                unwatch(self._watch, self._key, closed=True)
             return
         if part.inline:
             refs = entry.refs - 1
@@ -159,6 +167,8 @@ class Resource(Generic[T]):
                 ledger.idle_count += 1
                 entry.deadline = ledger.last_deadline
                 return
+        if part.settings.leak_timeout is not None:
+            unwatch(self._watch, self._key, closed=False)
         action = ledger.release(entry, part.now())
         if action:
             tasks = part.after_release(entry, action)

@@ -101,9 +101,14 @@ class Partition(Finalizer[K, T]):
         self.now = settings.clock.now
         #: Its ledger is its own (not one every loop shares, which locks).
         self.own_ledger = type(ledger) is Ledger
-        #: A lease may do its hit and release inline: no lifetime to check
-        #: (a reuse of an idle entry still asks ``ledger.validates``).
-        self.inline = self.own_ledger and ledger.lifetimes is None
+        #: A lease may do its hit and release inline: no lifetime to check,
+        #: no leak to watch (a reuse of an idle entry still asks
+        #: ``ledger.validates``).
+        self.inline = (
+            self.own_ledger
+            and ledger.lifetimes is None
+            and settings.leak_timeout is None
+        )
         self.mailbox = Mailbox(loop, lock)
         self.jobs: set[Job] = set()
         self.timer: TimerHandle | None = None

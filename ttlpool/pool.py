@@ -26,7 +26,7 @@ from ttlpool._checks import (
 )
 from ttlpool._core import Entry
 from ttlpool._jobs import ErrorHook, wait_finalizations
-from ttlpool._leaks import WatchedResource, warn_unclosed
+from ttlpool._leaks import warn_unclosed
 from ttlpool._lease import Resource
 from ttlpool._partition import REAP_SLICE
 from ttlpool._partitions import Partitions, totals_of
@@ -74,7 +74,7 @@ class ResourcePool(Generic[K, T]):
     Constructing a pool needs no running event loop.
     """
 
-    __slots__ = ("__weakref__", "_lease", "_map", "_per_loop", "_ttl")
+    __slots__ = ("__weakref__", "_map", "_per_loop", "_ttl")
 
     @overload
     def __init__(
@@ -152,9 +152,7 @@ class ResourcePool(Generic[K, T]):
                 leak_timeout, "leak_timeout", where, positive=True
             ),
         )
-        self._lease: type[Resource[T]] = Resource
         if leak_timeout is not None:
-            self._lease = WatchedResource
             weakref.finalize(self, warn_unclosed, self._map).atexit = False
 
     if not TYPE_CHECKING:
@@ -188,7 +186,7 @@ class ResourcePool(Generic[K, T]):
             hash(key)  # inline: this is the hot path
         except TypeError:
             raise unhashable("get", key) from None
-        return self._lease(self._map, key)
+        return Resource(self._map, key)
 
     async def acquire(self, key: K) -> T:
         """Acquire ``key``'s resource, creating it on a miss.
