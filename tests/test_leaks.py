@@ -291,3 +291,42 @@ async def test_a_pool_collected_closed_or_empty_or_without_leak_timeout_does_not
     with collecting() as collected:
         del pool
     assert collected.resource_warnings() == [] and collected.unraisable == []
+
+
+@pytest.mark.parametrize("action", ["always", "error"])
+async def test_a_lease_whose_coroutine_is_closed_while_entered_warns_once_given_back(
+    action: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A coroutine dropped inside ``async with pool.get(key)`` is closed:
+    the lease leaves with ``GeneratorExit``, gives its reference back, and
+    then says so (under ``-W error`` the warning is what ``close()``
+    raises: the reference was given back first)."""
+    clock = ManualClock()
+    rec = Recorder()
+    pool = ResourcePool(rec.factory, ttl=10, leak_timeout=5, clock=clock)
+    entered = asyncio.Event()
+
+    async def holder() -> None:
+        async with pool.get("db-conn"):
+            entered.set()
+            await asyncio.Event().wait()
+
+    coro = holder()
+    coro.send(None)  # by hand, to its first suspension (inside the lease)
+    assert entered.is_set() and pool.stats.referenced_entries == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter(action)
+        if action == "error":
+            with pytest.raises(ResourceWarning, match="'db-conn'"):
+                coro.close()
+        else:
+            coro.close()
+    if action == "always":
+        [warning] = [w for w in caught if issubclass(w.category, ResourceWarning)]
+        assert "'db-conn'" in str(warning.message)
+    await asyncio.sleep(0)  # the release was posted to the loop: it runs now
+    assert pool.stats.referenced_entries == 0 and pool.stats.idle_entries == 1
+    caplog.set_level(logging.WARNING, logger="ttlpool")
+    await clock.advance(100)  # its watch ended with it: no report
+    assert leak_reports(caplog) == []
+    await pool.aclose()

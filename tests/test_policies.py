@@ -1036,3 +1036,30 @@ async def test_stats_count_removals_per_cause_without_on_remove() -> None:
     assert removed.released == removed.orphaned == 0
     assert removed.total == pool.stats.finalized == len(rec.finalized) == 8
     await pool.aclose()
+
+
+async def test_an_on_remove_that_returns_an_awaitable_is_reported_as_a_type_error() -> (
+    None
+):
+    """on_remove must be sync: a coroutine it returns is closed (never
+    awaited, no warning) and reported as a TypeError naming the key; the
+    finalizer still runs."""
+    rec = Recorder()
+    reported: list[tuple[BaseException, str, object]] = []
+
+    async def on_remove(key: object, resource: Res, cause: RemovalCause) -> None:
+        raise AssertionError("never runs")
+
+    pool = ResourcePool(
+        rec.factory,
+        finalizer=rec.finalizer,
+        on_remove=on_remove,  # type: ignore[arg-type]
+        on_error=lambda exc, operation, key: reported.append((exc, operation, key)),
+    )
+    async with pool.get("k") as resource:
+        pass
+    [(error, operation, key)] = reported
+    assert isinstance(error, TypeError) and "'k'" in str(error)
+    assert (operation, key) == ("on_remove", "k")
+    assert rec.finalized == [resource]
+    await pool.aclose()
