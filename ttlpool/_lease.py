@@ -57,12 +57,16 @@ class Resource(Generic[T]):
     # path), the partition while entered, None once left.
     __slots__ = ("__weakref__", "_entry", "_key", "_map", "_part", "_watch")
 
+    # Declared here, not in __init__ (an annotation there costs a bytecode
+    # or two per lease); ``_watch`` is set only when the pool has a
+    # ``leak_timeout``.
+    _part: Partition[Any, T] | None
+    _watch: Watch
+
     def __init__(self, partitions: Partitions[Any, T], key: Hashable) -> None:
         self._map = partitions
         self._key = key
         self._entry: Entry[Any, T] | None = None
-        self._part: Partition[Any, T] | None
-        self._watch: Watch  # (set only when its pool has a leak_timeout)
 
     async def __aenter__(self) -> T:
         if self._entry is not None:
