@@ -109,7 +109,8 @@ class Resource(Generic[T]):
         ``leak_timeout``)."""
         partitions, key = self._map, self._key
         if part is not None and not part.inline:  # (else its hit missed already)
-            entry = part.ledger.hit(key)
+            ledger = part.ledger
+            entry = ledger.hit(key, part.now() if ledger.guarded else None)
             if entry is not None:
                 return self._entered(part, entry)
         self._entry = _ENTERING
