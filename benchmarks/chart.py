@@ -166,6 +166,23 @@ def _at_scale(results: Results, verdicts: list[dict[str, Any]]) -> Section:
     return section
 
 
+def _policies(results: Results, verdicts: list[dict[str, Any]]) -> Section:
+    """Measurement 8: each lifecycle option set, against none (ttlpool only)."""
+    section = Section(
+        "What does a lifecycle option cost on a warm hit? (ttlpool only)",
+        "the time with every option at its default / the time with the row's "
+        "option set; 1 costs nothing",
+    )
+    group = results.groups.get("policy_hit")
+    for name in group.figures if group else ():
+        if name in ("defaults", "floor"):
+            continue
+        where = ("policy_hit", "defaults"), ("policy_hit", name)
+        whose = "the defaults' time"
+        _add(section, _ratio_row(results, verdicts, f"8 {name}", *where, whose))
+    return section
+
+
 def _limits(verdicts: list[dict[str, Any]]) -> Section:
     """The targets on one figure's value (no ratio): limit / measured."""
     section = Section(
@@ -239,6 +256,7 @@ def chart_sections(results: Results, verdicts: list[dict[str, Any]]) -> list[Sec
         _against(results, verdicts, "wool"),
         _against(results, verdicts, "floor"),
         _at_scale(results, verdicts),
+        _policies(results, verdicts),
         _limits(verdicts),
         _workers(results, verdicts, sync=False),
         _workers(results, verdicts, sync=True),

@@ -26,6 +26,7 @@ from benchmarks._optional import describe, pretend_missing, version_of
 from benchmarks._pin import CpuPin
 from benchmarks._settings import MODES, Settings
 from benchmarks.chart import chart_sections, sections_json, write_chart
+from benchmarks.policies import measure_policies
 from benchmarks.pools import measure_pools
 from benchmarks.report import render_table, write_json
 from benchmarks.targets import evaluate
@@ -34,7 +35,17 @@ from benchmarks.workers import measure_dispatch, measure_run_sync
 __all__ = ["main"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("hits", "tasks", "slow", "memory", "reap", "scale", "dispatch", "run_sync")
+SECTIONS = (
+    "hits",
+    "tasks",
+    "slow",
+    "memory",
+    "reap",
+    "scale",
+    "policies",
+    "dispatch",
+    "run_sync",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +143,8 @@ async def _on_a_loop(
     results: Results, settings: Settings, sections: set[str], pin: CpuPin
 ) -> None:
     await measure_pools(results, settings, _say, sections=sections)
+    if "policies" in sections:  # ttlpool only: no competitor to skip
+        await measure_policies(results, settings, _say)
     if "dispatch" in sections:
         await measure_dispatch(results, settings, _say, pin)
 

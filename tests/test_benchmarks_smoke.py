@@ -43,6 +43,11 @@ TARGETS = [
     "reaping: no loop stall over 5 ms in CPU time",
     "reaping: last finalizer within 20 ms past due",
     "keys within 1.2x of 1 key",
+    "validate set: a hit on an entry in use ≤ 1.15x the hit with every option",
+    "on_remove set: a warm hit ≤ 1.05x the hit with every option",
+    "validate set: reuse of an idle entry (validated each time), reported",
+    "max_lifetime set: a warm hit, reported",
+    "leak_timeout set: a lease (stack captured, timer armed), reported",
     *(
         text.format(loops=loops, run=run)
         for loops, run in (("asyncio", "asyncio.run"), ("uvloop", "uvloop.run"))
@@ -62,6 +67,7 @@ QUESTIONS = [
     "Is it faster than wool?",
     "How close to the floor?",
     "Does a warm hit stay flat",
+    "What does a lifecycle option cost on a warm hit?",
     "Does it stay within its limits?",
     "Is the worker loop worth it?",
     "Is run_sync worth it?",
@@ -122,7 +128,36 @@ def test_smoke_run_prints_the_table_and_writes_json(smoke: SmokeRun) -> None:
     for key in ("memory", "stats", "reap_due", "reap_stall", "scale_1", "scale_n"):
         assert key in groups
     assert "dispatch" in groups and "run_sync" in groups
+    assert "8. Warm hit with lifecycle options" in smoke.stdout
+    _assert_policy_group(groups)
     assert {t["status"] for t in smoke.document["targets"]} <= {"PASS", "MISS", "n/a"}
+
+
+#: The variants of measurement 8 (lifecycle options), in the table's order.
+POLICY_VARIANTS = [
+    "defaults",
+    "validate, idle reuse",
+    "validate, entry in use",
+    "max_lifetime",
+    "leak_timeout",
+    "on_remove",
+    "floor",
+]
+
+
+def _assert_policy_group(groups: dict[str, Any]) -> None:
+    """Measurement 8: every variant measured, ratios to the defaults, and
+    the check that its validate rows are what they say (ttlpool only)."""
+    group = groups["policy_hit"]
+    assert group["reference"] == "defaults"
+    assert [f["name"] for f in group["figures"]] == POLICY_VARIANTS
+    for figure in group["figures"]:
+        assert not figure["skipped"] and figure["samples"], figure["name"]
+        assert figure["median"] > 0
+    assert re.search(
+        r"validate ran ([\d,]+) times in \1 idle reuses and 0 times in", group["note"]
+    ), group["note"]
+    assert "the labels are wrong" not in group["note"]
 
 
 def _target_lines(stdout: str) -> list[tuple[str, str, str]]:
@@ -185,13 +220,13 @@ def test_the_chart_groups_rows_by_question_and_right_is_better(
 ) -> None:
     sections = smoke.document["chart"]
     # Panels in the order of QUESTIONS (one whose competitor is not
-    # installed may be missing); these three need nothing optional.
+    # installed may be missing); these four need nothing optional.
     asked = [
         next(i for i, q in enumerate(QUESTIONS) if s["question"].startswith(q))
         for s in sections
     ]
     assert asked == sorted(set(asked))
-    assert {1, 2, 3} <= set(asked)
+    assert {1, 2, 3, 4} <= set(asked)
     rows = [row for section in sections for row in section["rows"]]
     assert all(row["value"] > 0 for row in rows)
     # Every target with a value is drawn, with its line, on one bar that
@@ -262,6 +297,25 @@ def test_a_missing_competitor_is_skipped_not_faked(tmp_path: Path) -> None:
     statuses = {text: status for status, text, _ in _target_lines(run.stdout)}
     assert statuses["warm hit ≥ 4x faster than wool"] == "n/a"
     assert statuses["memory per idle entry ≤ 1.5x the floor"] in ("PASS", "MISS")
+
+
+def test_only_policies_measures_the_lifecycle_options_alone(tmp_path: Path) -> None:
+    run = _run(tmp_path, "--only", "policies")
+    groups = _groups(run.document)
+    assert list(groups) == ["policy_hit"]
+    _assert_policy_group(groups)
+    statuses = {
+        t["target"]: t["status"]
+        for t in run.document["targets"]
+        if t["num"][0] == "policy_hit"
+    }
+    assert len(statuses) == 5
+    assert set(statuses.values()) <= {"PASS", "MISS"}
+    assert all(
+        t["status"] == "n/a"
+        for t in run.document["targets"]
+        if t["num"][0] != "policy_hit"
+    )
 
 
 def test_no_pin_lets_the_os_place_the_threads(tmp_path: Path) -> None:
