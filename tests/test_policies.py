@@ -615,8 +615,7 @@ async def test_an_idle_entry_is_finalized_on_time_by_the_timer_at_its_lifetime(
         per_loop=per_loop,
         clock=clock,
     )
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     retire_at = pool.pending_cleanup["k"]
     assert retire_at is not None and 0.9 * L < retire_at <= L
     await advance_to(clock, retire_at - 0.001)
@@ -804,25 +803,28 @@ Scenario = Callable[
 ]
 
 
+async def lease_once(pool: ResourcePool[Any, Res], key: object = "k") -> Res:
+    """Enter and leave one lease of ``key``; its resource."""
+    async with pool.get(key) as resource:
+        return resource
+
+
 async def _released(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
     pool = new_pool(rec, clock, ttl=0)
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     return pool, resource
 
 
 async def _idle(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
     pool = new_pool(rec, clock, ttl=10)
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     await clock.advance(10)
     return pool, resource
 
 
 async def _evicted(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
     pool = new_pool(rec, clock, ttl=10, max_idle=1)
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     async with pool.get("other"):
         pass
     return pool, resource
@@ -830,8 +832,7 @@ async def _evicted(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
 
 async def _expired(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
     pool = new_pool(rec, clock, ttl=10)
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     await pool.expire("k")
     return pool, resource
 
@@ -846,16 +847,14 @@ async def _expired_held(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
 
 async def _lifetime(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
     pool = new_pool(rec, clock, ttl=1000, max_lifetime=5)
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     await clock.advance(5)
     return pool, resource
 
 
 async def _invalid(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
     pool = new_pool(rec, clock, ttl=10, validate=lambda resource: False)
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     async with pool.get("k"):
         pass
     return pool, resource
@@ -870,8 +869,7 @@ async def _cleared(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
 
 async def _closed(rec: Recorder, clock: ManualClock) -> tuple[Any, Res]:
     pool = new_pool(rec, clock, ttl=10)
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     await pool.aclose()
     return pool, resource
 
@@ -1053,11 +1051,10 @@ async def test_an_on_remove_that_returns_an_awaitable_is_reported_as_a_type_erro
     pool = ResourcePool(
         rec.factory,
         finalizer=rec.finalizer,
-        on_remove=on_remove,  # type: ignore[arg-type]
+        on_remove=on_remove,
         on_error=lambda exc, operation, key: reported.append((exc, operation, key)),
     )
-    async with pool.get("k") as resource:
-        pass
+    resource = await lease_once(pool)
     [(error, operation, key)] = reported
     assert isinstance(error, TypeError) and "'k'" in str(error)
     assert (operation, key) == ("on_remove", "k")

@@ -19,6 +19,8 @@ from ttlpool import (
     DrainReport,
     PoolClosedError,
     PoolStats,
+    RemovalCause,
+    Removals,
     Resource,
     ResourcePool,
     WorkerLoopPool,
@@ -175,3 +177,40 @@ async def drain_reports_what_it_did() -> None:
     assert_type(report, DrainReport)
     assert_type(report.complete, bool)
     assert_type(report.left, tuple[asyncio.Task[Any], ...])
+
+
+async def alive(connection: Connection) -> bool:
+    return not connection.dsn.startswith("closed:")
+
+
+def removed(dsn: str, connection: Connection, cause: RemovalCause) -> None: ...
+
+
+async def lifecycle_options_take_the_pool_types() -> None:
+    pool = ResourcePool(
+        connect,
+        finalizer=close,
+        ttl=30,
+        validate=alive,
+        max_lifetime=3600,
+        on_remove=removed,
+        leak_timeout=60,
+    )
+    assert_type(pool, ResourcePool[str, Connection])
+    sync_pool = ResourcePool(
+        connect_sync, validate=lambda connection: bool(connection.dsn)
+    )
+    assert_type(sync_pool, ResourcePool[str, Connection])
+    counts = pool.stats.removed
+    assert_type(counts, Removals)
+    assert_type(counts.lifetime, int)
+    assert_type(counts[RemovalCause.INVALID], int)
+    assert_type(counts.total, int)
+    await pool.aclose()
+
+
+def lifecycle_options_are_checked() -> None:
+    def wrong_removed(dsn: str, connection: Connection) -> None: ...
+
+    ResourcePool(connect, on_remove=wrong_removed)  # type: ignore
+    ResourcePool(connect, max_lifetime="1h")  # type: ignore
