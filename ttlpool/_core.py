@@ -73,11 +73,10 @@ ledger through any interleaving with a manual clock.
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Hashable
-from typing import Any, Final, Generic, TypeVar
+from collections.abc import Hashable
+from typing import Final, TypeVar
 
-from ttlpool._entries import ARM, EVICTED, FINALIZE, Entries
+from ttlpool._entries import ARM, EVICTED, FINALIZE, Creation, Entries
 from ttlpool._idle import GRID, Entry
 from ttlpool.stats import RemovalCause
 
@@ -89,61 +88,8 @@ T = TypeVar("T")
 _INF: Final = math.inf
 
 
-class Creation(Generic[K, T]):
-    """A factory call in flight for one key, and who is waiting for it.
-
-    ``listeners`` and ``owner`` are the driver's (how to wake a waiter up,
-    who runs the factory); the ledger counts ``waiters`` and records the
-    outcome (``entry``, or the ``error`` the factory raised).
-    """
-
-    __slots__ = (
-        "done",
-        "doomed",
-        "entry",
-        "error",
-        "key",
-        "listeners",
-        "owner",
-        "stale",
-        "waiters",
-    )
-
-    def __init__(self, key: K) -> None:
-        self.key = key
-        self.waiters = 1
-        self.doomed = False
-        self.done = False
-        self.entry: Entry[K, T] | None = None
-        self.error: BaseException | None = None
-        self.listeners: list[Any] = []
-        self.owner: object = None
-        #: The idle entry this creation validates first (``validate``).
-        self.stale: Entry[K, T] | None = None
-
-
 class Ledger(Entries[K, T]):
     """Counts, idle deadlines, eviction order and creations for one partition."""
-
-    __slots__ = ("creating",)
-
-    def __init__(
-        self,
-        ttl: float | None,
-        max_idle: int | None,
-        *,
-        validates: bool = False,
-        max_lifetime: float | None = None,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
-        super().__init__(
-            ttl,
-            max_idle,
-            validates=validates,
-            max_lifetime=max_lifetime,
-            jitter=jitter,
-        )
-        self.creating: dict[K, Creation[K, T]] = {}
 
     # -- leases --------------------------------------------------------------------
 
@@ -310,22 +256,6 @@ class Ledger(Entries[K, T]):
         self.factory_errors += 1
 
     # -- retirement ----------------------------------------------------------------
-
-    def expire(self, key: K) -> Entry[K, T] | None:
-        """Retire ``key``: an idle entry is evicted and returned for finalizing;
-        a referenced entry, or one being created, is marked instead."""
-        creation = self.creating.get(key)
-        if creation is not None:
-            creation.doomed = True
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        if entry.refs > 0:
-            self.doomed.add(entry)
-            self.reuse_before = -_INF
-            return None
-        self._evict(entry, RemovalCause.EXPIRED)
-        return entry
 
     def retire_into(self, heir: Ledger[K, T]) -> list[Entry[K, T]]:
         """This ledger's event loop closed: ``heir`` takes its work over.

@@ -1,7 +1,9 @@
 """A ledger's entries: their counts, why and when they leave, and the timer.
 
-:class:`Entries` is the base of :class:`~ttlpool._core.Ledger`, which adds
-the creations (single flight, validation) to it; the invariants, and who
+:class:`Entries` is the base of :class:`~ttlpool._core.Ledger`: it holds
+the whole state (with :class:`Creation`, the record of one factory call in
+flight) and the operations on entries; the ledger adds the acquire and the
+life of a creation (single flight, validation). The invariants, and who
 may touch a ledger, are written at the top of :mod:`ttlpool._core`. Here:
 a lease's count going down (``release``), the idle order it joins
 (:mod:`ttlpool._idle`), the lifetimes (:mod:`ttlpool._lifetime`), the
@@ -14,13 +16,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Hashable
-from typing import Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from ttlpool._idle import Entry, IdleOrder
 from ttlpool._lifetime import Lifetimes
 from ttlpool.stats import RemovalCause
 
-__all__ = ["ARM", "EVICTED", "FINALIZE", "Entries"]
+__all__ = ["ARM", "EVICTED", "FINALIZE", "Creation", "Entries"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -35,12 +37,46 @@ EVICTED: Final = 4
 _INF: Final = math.inf
 
 
+class Creation(Generic[K, T]):
+    """A factory call in flight for one key, and who is waiting for it.
+
+    ``listeners`` and ``owner`` are the driver's (how to wake a waiter up,
+    who runs the factory); the ledger counts ``waiters`` and records the
+    outcome (``entry``, or the ``error`` the factory raised).
+    """
+
+    __slots__ = (
+        "done",
+        "doomed",
+        "entry",
+        "error",
+        "key",
+        "listeners",
+        "owner",
+        "stale",
+        "waiters",
+    )
+
+    def __init__(self, key: K) -> None:
+        self.key = key
+        self.waiters = 1
+        self.doomed = False
+        self.done = False
+        self.entry: Entry[K, T] | None = None
+        self.error: BaseException | None = None
+        self.listeners: list[Any] = []
+        self.owner: object = None
+        #: The idle entry this creation validates first (``validate``).
+        self.stale: Entry[K, T] | None = None
+
+
 class Entries(IdleOrder[K, T]):
     """The entries of one ledger (see the module doc)."""
 
     __slots__ = (
         "abandoned_total",
         "created_total",
+        "creating",
         "doomed",
         "entries",
         "evicted_total",
@@ -82,6 +118,7 @@ class Entries(IdleOrder[K, T]):
         #: ``hit`` alone cannot decide every acquire (see the module doc).
         self.guarded = validates or max_lifetime is not None
         self.entries: dict[K, Entry[K, T]] = {}
+        self.creating: dict[K, Creation[K, T]] = {}
         self.finalizing: dict[Entry[K, T], RemovalCause] = {}
         self.victims: list[Entry[K, T]] = []
         #: Referenced entries marked by ``expire``: finalized at the last
@@ -257,6 +294,22 @@ class Entries(IdleOrder[K, T]):
         it is over, and it is not counted as finalized."""
         self.abandoned_total += 1
         self.finalizing.pop(entry, None)
+
+    def expire(self, key: K) -> Entry[K, T] | None:
+        """Retire ``key``: an idle entry is evicted and returned for finalizing;
+        a referenced entry, or one being created, is marked instead."""
+        creation = self.creating.get(key)
+        if creation is not None:
+            creation.doomed = True
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.refs > 0:
+            self.doomed.add(entry)
+            self.reuse_before = -_INF
+            return None
+        self._evict(entry, RemovalCause.EXPIRED)
+        return entry
 
     def evict_all(
         self, cause: RemovalCause = RemovalCause.CLEARED
