@@ -280,10 +280,12 @@ async def test_a_shared_ledgers_lease_counts_only_under_the_ledgers_lock(
     locked: list[str] = []
     hit, release = LockedLedger.hit, LockedLedger.release
 
-    def counted_hit(self: LockedLedger[Any, Any], key: Any) -> Any:
+    def counted_hit(
+        self: LockedLedger[Any, Any], key: Any, now: float | None = None
+    ) -> Any:
         assert not self.lock.locked()
         locked.append("hit")
-        return hit(self, key)
+        return hit(self, key, now)
 
     def counted_release(self: LockedLedger[Any, Any], entry: Any, now: float) -> int:
         assert not self.lock.locked()
