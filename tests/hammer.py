@@ -24,7 +24,7 @@ import traceback
 import warnings
 from typing import Any
 
-from ttlpool import PoolClosedError, ResourcePool
+from ttlpool import PoolClosedError, RemovalCause, ResourcePool
 
 #: Upper bound for any single wait in this module (generous: CI is slow).
 TIMEOUT = 20.0
@@ -65,6 +65,10 @@ class Recorder:
         self.begun: set[int] = set()
         self.completed: set[int] = set()
         self.violations: list[str] = []
+        #: With the lifecycle options: each ``on_remove`` call, by serial.
+        self.lifecycle = False
+        self.removed: dict[int, list[RemovalCause]] = {}
+        self.rng = random.Random()
 
     def make(self, key: object) -> Res:
         loop = asyncio.get_running_loop()
@@ -91,6 +95,18 @@ class Recorder:
         with self.lock:
             self.completed.add(res.serial)
 
+    async def validate(self, res: Res) -> bool:
+        """Suspends once; says no one time in five."""
+        await asyncio.sleep(0)
+        with self.lock:
+            return self.rng.random() >= 0.2
+
+    def note_removed(self, key: object, res: Res, cause: RemovalCause) -> None:
+        with self.lock:
+            self.removed.setdefault(res.serial, []).append(cause)
+            if res.serial in self.finalized:
+                self.violations.append(f"on_remove of {res!r} after its finalizer")
+
     def handed_out(self, res: Res, *, per_loop: bool) -> None:
         """Check a lease's resource: per loop, it must be this loop's."""
         if per_loop and res.loop is not asyncio.get_running_loop():
@@ -110,6 +126,14 @@ class Recorder:
         wrong = {s: n for s, n in counts.items() if n != 1}
         assert not wrong, f"serial -> finalizer calls (must be 1 each): {wrong}"
         assert not cut_off, f"finalizers that never reached their end: {cut_off}"
+        if self.lifecycle:  # one cause per finalized resource, before it
+            with self.lock:
+                causes = {s: self.removed.get(s, []) for s in self.finalized}
+                unfinalized = set(self.removed) - set(self.finalized)
+                assert not self.violations, self.violations
+            wrong = {s: c for s, c in causes.items() if len(c) != 1}
+            assert not wrong, f"serial -> on_remove causes (must be 1 each): {wrong}"
+            assert not unfinalized, f"removed but never finalized: {unfinalized}"
 
     def assert_same_loop(self, *, owner_may_be_gone: bool) -> None:
         """Per-loop mode: finalized on the resource's own loop.
@@ -302,18 +326,32 @@ def run_hammer_threads(
     assert rec.created, "the hammer made nothing"
 
 
-def new_pool(rec: Recorder, **options: Any) -> ResourcePool[Any, Res]:
+def new_pool(
+    rec: Recorder, *, lifecycle: bool = False, **options: Any
+) -> ResourcePool[Any, Res]:
+    """A pool of ``rec``'s; ``lifecycle``: with a ``validate`` that says no
+    now and then, lifetimes that pass while the loops work, and
+    ``on_remove`` recorded."""
+    if lifecycle:
+        rec.lifecycle = True
+        options.update(
+            validate=rec.validate, max_lifetime=LIFETIME, on_remove=rec.note_removed
+        )
     return ResourcePool(rec.factory, finalizer=rec.finalizer, **options)
 
 
 #: Idle TTLs the hammers run with: finalized at the last release, an idle
 #: deadline that passes while loops work and shut down, one that never does.
 SMALL_TTL, LONG_TTL = 0.01, 30
+#: ``max_lifetime`` with the lifecycle options: passes while the loops work.
+LIFETIME = 0.001
 TTLS = (0, SMALL_TTL, LONG_TTL)
 SCENARIOS = (TOGETHER, ACLOSE_WHILE_RUNNING, STAGGERED)
 
 
-def run_scenario(ending: str, seed: int, per_loop: bool, ttl: float) -> list[str]:
+def run_scenario(
+    ending: str, seed: int, per_loop: bool, ttl: float, lifecycle: bool = False
+) -> list[str]:
     """Run one hammer and its checks; return what went wrong, as text.
 
     Text, not exceptions, so that nothing of the run (pool, loops, tasks)
@@ -324,7 +362,7 @@ def run_scenario(ending: str, seed: int, per_loop: bool, ttl: float) -> list[str
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         try:
-            _SCENARIO_CHECKS[ending](seed, per_loop, ttl)
+            _SCENARIO_CHECKS[ending](seed, per_loop, ttl, lifecycle)
         except Exception:
             problems.append(traceback.format_exc())
         gc.collect()
@@ -332,11 +370,13 @@ def run_scenario(ending: str, seed: int, per_loop: bool, ttl: float) -> list[str
     return problems
 
 
-def _then_a_fresh_loop_clears(seed: int, per_loop: bool, ttl: float) -> None:
+def _then_a_fresh_loop_clears(
+    seed: int, per_loop: bool, ttl: float, lifecycle: bool
+) -> None:
     """Every loop runs until all are done, then all close; a loop that never
     used the pool clears it, then closes it."""
     rec = Recorder()
-    pool = new_pool(rec, ttl=ttl, per_loop=per_loop)
+    pool = new_pool(rec, ttl=ttl, per_loop=per_loop, lifecycle=lifecycle)
     run_hammer_threads(pool, rec, seed, per_loop=per_loop, ending=TOGETHER)
     stats = pool.stats
     assert stats.created == len(rec.created), stats
@@ -358,10 +398,12 @@ def _then_a_fresh_loop_clears(seed: int, per_loop: bool, ttl: float) -> None:
         rec.assert_same_loop(owner_may_be_gone=True)
 
 
-def _while_one_loop_acloses(seed: int, per_loop: bool, ttl: float) -> None:
+def _while_one_loop_acloses(
+    seed: int, per_loop: bool, ttl: float, lifecycle: bool
+) -> None:
     """Loop 0 calls ``aclose`` while the others still run."""
     rec = Recorder()
-    pool = new_pool(rec, ttl=ttl, per_loop=per_loop)
+    pool = new_pool(rec, ttl=ttl, per_loop=per_loop, lifecycle=lifecycle)
     run_hammer_threads(pool, rec, seed, per_loop=per_loop, ending=ACLOSE_WHILE_RUNNING)
     assert pool.closed
     rec.assert_each_finalized_once()
@@ -370,11 +412,13 @@ def _while_one_loop_acloses(seed: int, per_loop: bool, ttl: float) -> None:
         rec.assert_same_loop(owner_may_be_gone=False)
 
 
-def _leaving_while_others_hammer(seed: int, per_loop: bool, ttl: float) -> None:
+def _leaving_while_others_hammer(
+    seed: int, per_loop: bool, ttl: float, lifecycle: bool
+) -> None:
     """Each loop closes once its own work is done, while the others go on
     (their operations adopt what it left); then ``aclose`` from a new loop."""
     rec = Recorder()
-    pool = new_pool(rec, ttl=ttl, per_loop=per_loop)
+    pool = new_pool(rec, ttl=ttl, per_loop=per_loop, lifecycle=lifecycle)
     run_hammer_threads(pool, rec, seed, per_loop=per_loop, ending=STAGGERED)
     stats = pool.stats
     assert stats.created == len(rec.created), stats

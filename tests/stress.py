@@ -21,17 +21,23 @@ import time
 
 from tests import hammer
 
-#: (per_loop, ttl) pairs a seed picks from.
-MODES = [(per_loop, ttl) for per_loop in (True, False) for ttl in hammer.TTLS]
+#: (per_loop, ttl, lifecycle options) a seed picks from.
+MODES = [
+    (per_loop, ttl, lifecycle)
+    for per_loop in (True, False)
+    for ttl in hammer.TTLS
+    for lifecycle in (False, True)
+]
 
 
 def run_seed(seed: int) -> list[str]:
     """Every scenario once for ``seed``; the problems found, as text."""
-    per_loop, ttl = MODES[seed % len(MODES)]
+    per_loop, ttl, lifecycle = MODES[seed % len(MODES)]
     mode = f"{'per_loop' if per_loop else 'shared'} ttl={ttl}"
+    mode += " with lifecycle options" if lifecycle else ""
     problems = []
     for scenario in hammer.SCENARIOS:
-        for problem in hammer.run_scenario(scenario, seed, per_loop, ttl):
+        for problem in hammer.run_scenario(scenario, seed, per_loop, ttl, lifecycle):
             problems.append(f"seed {seed} {scenario} {mode}:\n{problem}")
     return problems
 

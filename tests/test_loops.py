@@ -210,6 +210,17 @@ def test_threads_leaving_while_others_hammer_then_aclose_finalizes_each_once(
     assert_no_problems(hammer.run_scenario(hammer.STAGGERED, seed, per_loop, ttl))
 
 
+@pytest.mark.parametrize("scenario", hammer.SCENARIOS)
+@_hammer_params(SMALL_TTL)
+def test_threads_hammer_a_pool_with_every_lifecycle_option(
+    scenario: str, seed: int, per_loop: bool, ttl: float
+) -> None:
+    """The hammers again, with a ``validate`` that says no one time in
+    five, lifetimes that pass while the loops work and ``on_remove``: every
+    object is finalized once, after one ``on_remove`` call with one cause."""
+    assert_no_problems(hammer.run_scenario(scenario, seed, per_loop, ttl, True))
+
+
 def assert_no_problems(problems: list[str]) -> None:
     assert not problems, "\n".join(problems)
 
