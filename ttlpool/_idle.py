@@ -147,7 +147,10 @@ class IdleOrder(Generic[K, T]):
         self.timer_deadline = None
 
     def forget_order(self) -> None:
-        """No entry is idle any more (all were evicted)."""
+        """No entry is idle any more (all were evicted, but one a creation
+        validates: it may come back, and must find no place of its own)."""
+        for entry in self.queue:
+            entry.queued = 0
         self.queue.clear()
         self.idle_count = 0
         self.reuse_before = -_INF
