@@ -11,6 +11,7 @@ A loop with no such queue (uvloop) runs the first step in turn.
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 from collections.abc import Callable
 
@@ -128,3 +129,50 @@ async def test_coroutine_factory_and_finalizer_never_suspending_take_no_turn() -
     assert turns == 0
     stats = pool.stats
     assert (stats.created, stats.finalized) == (5, 5)
+
+
+class _OtherThreadAppends(collections.deque):  # type: ignore[type-arg]
+    """A ready queue to which "another thread" appends a handle right after
+    the first read of its last item: the moment ``call_soon_threadsafe``
+    can strike between ``_step_now``'s check and anything it does next."""
+
+    def __init__(self, items: object, foreign: Callable[[], None]) -> None:
+        super().__init__(items)  # type: ignore[arg-type]
+        self.foreign = foreign
+
+    def __getitem__(self, index: int) -> object:
+        item = super().__getitem__(index)
+        if index == -1 and self.foreign is not None:
+            foreign, self.foreign = self.foreign, None  # type: ignore[assignment]
+            asyncio.get_running_loop().call_soon_threadsafe(foreign)
+        return item
+
+
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12), reason="3.12+ starts tasks eagerly itself"
+)
+async def test_a_callback_another_thread_queues_during_an_eager_start_is_not_lost() -> (
+    None
+):
+    """The first step runs once, and a handle appended by another thread
+    meanwhile still runs (taking the last item of the queue out, as the
+    eager start once did, took that handle instead and ran the step twice)."""
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+    steps: list[str] = []
+
+    async def one_step() -> None:
+        steps.append("step")
+
+    ready = loop._ready  # type: ignore[attr-defined]
+    loop._ready = _OtherThreadAppends(ready, lambda: ran.append("foreign"))  # type: ignore[attr-defined]
+    try:
+        task = start_task(loop, one_step())
+        assert task.done() and steps == ["step"]
+        for _ in range(3):
+            await asyncio.sleep(0)
+    finally:
+        rest = loop._ready  # type: ignore[attr-defined]
+        loop._ready = collections.deque(rest)  # type: ignore[attr-defined]
+    assert ran == ["foreign"], "another thread's callback was lost"
+    assert steps == ["step"], "the first step ran twice"

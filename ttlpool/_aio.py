@@ -84,23 +84,26 @@ def _step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
     A new task puts its first step at the back of its loop's ready queue.
     On asyncio's own loops (whose ready queue is ``_ready``, a deque of
     handles, on the versions this runs on, which change no more) that step
-    is taken out and run here, with the running task set aside meanwhile,
-    as 3.12's eager start does. Any other loop (uvloop) keeps the step
-    queued.
+    is run here, with the running task set aside meanwhile, as 3.12's eager
+    start does, and then cancelled where it waits in the queue (the loop
+    skips it). It is not taken out: another thread's ``call_soon_threadsafe``
+    may append to the queue at any moment, and a ``pop`` could take its
+    handle instead. If the step is not last (such an append came first), or
+    on any other loop (uvloop), the step runs in turn.
     """
     ready = getattr(loop, "_ready", None)
     if not ready:
         return
-    step = ready[-1]
+    step = ready[-1]  # one read: no thread interleaves it
     if getattr(getattr(step, "_callback", None), "__self__", None) is not task:
         return
-    ready.pop()
     running = asyncio.current_task(loop)
     if running is not None:
         asyncio.tasks._leave_task(loop, running)
     try:
         step._run()
     finally:
+        step.cancel()
         if running is not None:
             asyncio.tasks._enter_task(loop, running)
 
