@@ -215,7 +215,7 @@ class Ledger(Entries[K, T]):
         assert entry is not None
         creation.stale = None
         self.misses += 1
-        self._evict(entry, cause)
+        self._evict(entry, cause, listed=False)
         return entry
 
     def _settle(self, creation: Creation[K, T], entry: Entry[K, T], now: float) -> int:

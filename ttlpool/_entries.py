@@ -35,6 +35,14 @@ ARM: Final = 2
 EVICTED: Final = 4
 
 _INF: Final = math.inf
+# The causes the ledger decides, as plain names (an enum's class attribute
+# costs more than a global on a churn's path).
+RELEASED, IDLE, EVICTED_ = (
+    RemovalCause.RELEASED,
+    RemovalCause.IDLE,
+    RemovalCause.EVICTED,
+)
+EXPIRED, LIFETIME = RemovalCause.EXPIRED, RemovalCause.LIFETIME
 
 
 class Creation(Generic[K, T]):
@@ -172,11 +180,14 @@ class Entries(IdleOrder[K, T]):
             return 0  # evicted (refs was -1)
         entry.refs = 0
         self.idle_count += 1
-        if self.ttl_is_zero or self.doomed or self.lifetimes is not None:
+        if self.doomed or self.lifetimes is not None:
             cause = self._leaving(entry, now)
             if cause is not None:
                 self._evict(entry, cause)
                 return FINALIZE
+        elif self.ttl_is_zero:  # (the common case of _leaving, inlined)
+            self._evict(entry, RELEASED)
+            return FINALIZE
         deadline = self.queue_idle(entry, now)
         if self.reusable and not self.doomed:  # a timer is armed, or is now
             self.reuse_before = deadline - self.ttl
@@ -206,11 +217,11 @@ class Entries(IdleOrder[K, T]):
         """Why an entry released for the last time at ``now`` leaves now
         (``None``: it stays, idle)."""
         if entry in self.doomed:
-            return RemovalCause.EXPIRED
+            return EXPIRED
         if self.lifetimes is not None and now >= entry.retire_at:  # type: ignore[attr-defined]
-            return RemovalCause.LIFETIME
+            return LIFETIME
         if self.ttl_is_zero:
-            return RemovalCause.RELEASED
+            return RELEASED
         return None
 
     def hold(self, entry: Entry[K, T]) -> None:
@@ -262,17 +273,21 @@ class Entries(IdleOrder[K, T]):
             self._evict(entry, RemovalCause.LIFETIME)
             self.victims.append(entry)
 
-    def _evict(self, entry: Entry[K, T], cause: RemovalCause) -> None:
-        """Take an entry out for good (its queue occurrences go stale)."""
-        if self.entries.get(entry.key) is entry:
+    def _evict(
+        self, entry: Entry[K, T], cause: RemovalCause, listed: bool = True
+    ) -> None:
+        """Take an entry out for good (its queue occurrences go stale): one
+        of ``entries``, one ``retiring``, or (``listed=False``) the one a
+        creation validated."""
+        if self.retiring and entry in self.retiring:
+            self.retiring.discard(entry)
+        elif listed:
             del self.entries[entry.key]
         if entry.refs == 0:
             self.idle_count -= 1
         entry.refs = -1
         if self.doomed:
             self.doomed.discard(entry)
-        if self.retiring:
-            self.retiring.discard(entry)
         if self.keyed:
             self.keyed.pop(entry, None)
         self.finalizing[entry] = cause
@@ -281,13 +296,17 @@ class Entries(IdleOrder[K, T]):
         """The driver finished finalizing an evicted entry."""
         # Counted before it leaves ``finalizing``: a driver that retires an
         # idle ledger once nothing is finalizing then sees the final count.
-        cause = self.finalizing.get(entry)
-        if cause is not None:
+        cause: RemovalCause | None = None
+        try:  # (not a method call: this is a churn's path)
+            cause = self.finalizing[entry]
             self.removed[cause] += 1
+        except KeyError:
+            pass
         self.finalized_total += 1
         if not ok:
             self.finalizer_errors += 1
-        self.finalizing.pop(entry, None)
+        if cause is not None:
+            del self.finalizing[entry]
 
     def abandoned(self, entry: Entry[K, T]) -> None:
         """A finalization was cut off (its event loop closed while it ran):

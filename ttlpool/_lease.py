@@ -108,24 +108,22 @@ class Resource(Generic[T]):
         pool with lifecycle options (``validate``, ``max_lifetime``,
         ``leak_timeout``)."""
         partitions, key = self._map, self._key
+        entry = None
         if part is not None and not part.inline:  # (else its hit missed already)
             ledger = part.ledger
             entry = ledger.hit(key, part.now() if ledger.guarded else None)
-            if entry is not None:
-                return self._entered(part, entry)
-        self._entry = _ENTERING
-        try:
-            part, found = partitions.start_acquire(key, "get", part)
-            if isinstance(found, Entry):
-                entry = found
-            else:
-                part, entry = await partitions.wait_for(part, found, key, "get")
-        except BaseException:
-            self._entry = None
-            raise
-        return self._entered(part, entry)
-
-    def _entered(self, part: Partition[Any, T], entry: Entry[Any, T]) -> T:
+        if entry is None:
+            self._entry = _ENTERING
+            try:
+                part, found = partitions.start_acquire(key, "get", part)
+                if isinstance(found, Entry):
+                    entry = found
+                else:
+                    part, entry = await partitions.wait_for(part, found, key, "get")
+            except BaseException:
+                self._entry = None
+                raise
+        assert part is not None
         self._part = part
         self._entry = entry
         if part.settings.leak_timeout is not None:
