@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import operator
 import os
 import sys
 import threading
@@ -53,7 +54,7 @@ from ttlpool.clock import Clock
 from ttlpool.errors import PoolClosedError
 from ttlpool.stats import RemovalCause
 
-__all__ = ["TOTALS", "Partitions", "totals_of"]
+__all__ = ["TOTALS", "Partitions", "add_totals"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -77,6 +78,7 @@ class Partitions(Generic[K, T]):
         "parts",
         "policies",
         "retired",
+        "retired_removed",
         "settings",
         "shared",
         "ttl",
@@ -125,7 +127,8 @@ class Partitions(Generic[K, T]):
             if per_loop
             else LockedLedger(ttl, max_idle, threading.Lock(), **self.policies)
         )
-        self.retired: dict[str, int] = totals_of(None)
+        self.retired: dict[str, int] = dict.fromkeys(TOTALS, 0)
+        self.retired_removed = [0] * len(RemovalCause)
         _EVERY.add(self)
 
     def forget(self) -> None:
@@ -151,7 +154,8 @@ class Partitions(Generic[K, T]):
         self.all = {}
         self.parts = {} if self.closed else self.all
         self.by_thread = {}
-        self.retired = totals_of(None)
+        self.retired = dict.fromkeys(TOTALS, 0)
+        self.retired_removed = [0] * len(RemovalCause)
 
     def close(self) -> None:
         """Every later acquire raises: hits miss, and misses see ``closed``."""
@@ -324,8 +328,7 @@ class Partitions(Generic[K, T]):
                 if self.all.get(part.loop) is part:
                     del self.all[part.loop]
                 if part.ledger is not self.shared:
-                    for name, count in totals_of(part.ledger).items():
-                        self.retired[name] += count
+                    add_totals(self.retired, self.retired_removed, part.ledger)
             try:
                 tasks += here.adopt(part)
             except BaseException as exc:  # a sync finalizer's: after the rest
@@ -403,13 +406,14 @@ class Partitions(Generic[K, T]):
 
 
 #: PoolStats totals and the Ledger attributes that count them.
-def totals_of(ledger: Ledger[Any, Any] | None) -> dict[str, int]:
-    """A ledger's running totals by PoolStats name, removals by cause name
-    (``None``: all zero)."""
-    totals = {name: getattr(ledger, attr, 0) for name, attr in TOTALS.items()}
-    for cause in RemovalCause:
-        totals[f"removed {cause.name.lower()}"] = ledger.removed[cause] if ledger else 0
-    return totals
+def add_totals(
+    totals: dict[str, int], removed: list[int], ledger: Ledger[Any, Any]
+) -> None:
+    """Add a ledger's running totals to ``totals`` (by PoolStats name) and
+    its removals to ``removed`` (by RemovalCause)."""
+    for name, attr in TOTALS.items():
+        totals[name] += getattr(ledger, attr)
+    removed[:] = map(operator.add, removed, ledger.removed)
 
 
 TOTALS = {

@@ -29,7 +29,7 @@ from ttlpool._jobs import ErrorHook, wait_finalizations
 from ttlpool._leaks import warn_unclosed
 from ttlpool._lease import Resource
 from ttlpool._partition import REAP_SLICE
-from ttlpool._partitions import Partitions, totals_of
+from ttlpool._partitions import Partitions, add_totals
 from ttlpool.clock import Clock, MonotonicClock
 from ttlpool.stats import PoolStats, RemovalCause, Removals
 
@@ -300,21 +300,21 @@ class ResourcePool(Generic[K, T]):
         partitions = self._map
         with partitions.lock:
             totals = dict(partitions.retired)
+            removed = list(partitions.retired_removed)
             ledgers = partitions.ledgers()
         gauges = dict.fromkeys(_GAUGES, 0)
         for ledger in ledgers:
-            for name, count in totals_of(ledger).items():
-                totals[name] += count
+            add_totals(totals, removed, ledger)
             gauges["total_entries"] += len(ledger.entries)
             gauges["referenced_entries"] += ledger.referenced
             gauges["idle_entries"] += ledger.idle_count
             gauges["creating"] += len(ledger.creating)
             gauges["pending_cleanup"] += ledger.pending_cleanup_count()
-        removed = Removals(
-            *(totals.pop(f"removed {cause.name.lower()}") for cause in RemovalCause)
-        )
         return PoolStats(
-            **gauges, **totals, errors=partitions.settings.errors, removed=removed
+            **gauges,
+            **totals,
+            errors=partitions.settings.errors,
+            removed=Removals(*removed),
         )
 
     @property
