@@ -26,7 +26,6 @@ end, and counts as finalized only then). Both start eagerly
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import sys
@@ -199,9 +198,13 @@ class Partition(Finalizer[K, T]):
                 return
         self.jobs.discard(job)
         if creation.stale is not None:  # validate answered
-            with contextlib.suppress(BaseException):  # (the waiters have it)
+            try:
                 if not self.validated(creation, resource):
                     self.create(creation)
+            except Exception:
+                raise
+            except BaseException:  # a KeyboardInterrupt: the waiters have it
+                pass
             return
         action = self.creation_ended(creation, resource)
         if action and creation.entry is not None:
