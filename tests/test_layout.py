@@ -30,8 +30,10 @@ LAYERS = [
     "_entries",
     "_core",
     "_locked_ledger",
+    "_snapshot",
     "_handover",
     "_jobs",
+    "_driver",
     "_finalizer",
     "_partition",
     "_partitions",
@@ -45,6 +47,8 @@ LAYERS = [
     "_requests",
     "_control",
     "worker",
+    "_threads",
+    "sync",
     "__init__",
 ]
 

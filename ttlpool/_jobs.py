@@ -86,7 +86,7 @@ class Settings:
         finalizer: Callable[[Any], object] | None,
         on_error: ErrorHook | None,
         clock: Clock,
-        timer_fired: Callable[[Any], list[FinalizationTask]],
+        timer_fired: Callable[[Any], list[FinalizationTask]] | None,
         *,
         validate: Callable[[Any], object] | None = None,
         on_remove: RemoveHook | None = None,
@@ -100,13 +100,16 @@ class Settings:
         self.on_remove = on_remove
         self.leak_timeout = leak_timeout
         #: What a partition's timer calls (the pool picks the partition of
-        #: the loop the clock called back on, and reaps there).
+        #: the loop the clock called back on, and reaps there); ``None`` for
+        #: a pool with no event loop.
         self.timer_fired = timer_fired
         #: Every error the pool caught, from any thread (under ``errors_lock``).
         self.errors = 0
         self.errors_lock = threading.Lock()
 
-    def renewed(self, timer_fired: Callable[[Any], list[FinalizationTask]]) -> Settings:
+    def renewed(
+        self, timer_fired: Callable[[Any], list[FinalizationTask]] | None
+    ) -> Settings:
         """The same settings with a new lock and no errors counted (a
         child's after ``os.fork()``)."""
         return Settings(

@@ -31,18 +31,21 @@ import functools
 import inspect
 import logging
 import os
+import threading
 import traceback
 import warnings
 import weakref
+from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-from ttlpool._core import Entry
+from ttlpool._core import Entry, Ledger
+from ttlpool._jobs import Settings
 from ttlpool._partition import Partition
 from ttlpool._partitions import Partitions
-from ttlpool.clock import Clock, TimerHandle
+from ttlpool.clock import Clock, TimerCallback, TimerHandle
 
-__all__ = ["Watch", "unwatch", "warn_unclosed", "watch"]
+__all__ = ["Watch", "unwatch", "warn_held", "warn_unclosed", "watch", "watch_lease"]
 
 log = logging.getLogger("ttlpool")
 
@@ -80,8 +83,9 @@ def _held_too_long(
 
 
 #: Where the acquiring stack ends: the first frame of asyncio's (the task
-#: step that runs the acquirer's coroutines).
-_ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
+#: step that runs the acquirer's coroutines), or of threading's (the
+#: bootstrap of the acquirer's thread).
+_ENDS = (os.path.dirname(asyncio.__file__) + os.sep, threading.__file__)
 
 #: An acquiring stack, innermost frame first: code objects and line numbers
 #: only (a few microseconds; the source lines are read if it is reported).
@@ -94,7 +98,7 @@ def _acquiring_stack(depth: int) -> Stack:
     frame: FrameType | None = inspect.currentframe()
     for _ in range(depth + 1):
         frame = frame.f_back if frame is not None else None
-    while frame is not None and not frame.f_code.co_filename.startswith(_ASYNCIO):
+    while frame is not None and not frame.f_code.co_filename.startswith(_ENDS):
         stack.append((frame.f_code, frame.f_lineno))
         frame = frame.f_back
     return stack
@@ -111,17 +115,33 @@ def _format(stack: Stack) -> str:
 def watch(lease: object, part: Partition[Any, Any], entry: Entry[Any, Any]) -> Watch:
     """Start watching ``lease``, just entered on ``part`` with ``entry`` (its
     pool has a ``leak_timeout``); the caller's caller acquired it."""
-    settings = part.settings
+    return watch_lease(
+        lease,
+        part.settings,
+        functools.partial(part.settings.clock.call_at, part.loop),
+        functools.partial(Partitions.release_from_anywhere, part, entry),
+        entry.key,
+    )
+
+
+def watch_lease(
+    lease: object,
+    settings: Settings,
+    call_at: Callable[[float, TimerCallback], TimerHandle],
+    give_back: Callable[[], object],
+    key: object,
+) -> Watch:
+    """Start watching ``lease`` of ``key``: ``call_at(when, callback)`` arms
+    its timer, ``give_back()`` releases its reference if it is collected
+    while entered; the caller's caller's caller acquired it."""
     timeout, clock = settings.leak_timeout, settings.clock
     assert timeout is not None
-    stack = _acquiring_stack(2)
+    stack = _acquiring_stack(3)
     watched = Watch()
     now = clock.now()
-    report = functools.partial(
-        _held_too_long, watched, entry.key, clock, now, timeout, stack
-    )
-    watched.timer = clock.call_at(part.loop, now + timeout, report)
-    watched.collected = weakref.finalize(lease, _collected, watched, part, entry)
+    report = functools.partial(_held_too_long, watched, key, clock, now, timeout, stack)
+    watched.timer = call_at(now + timeout, report)
+    watched.collected = weakref.finalize(lease, _collected, watched, give_back, key)
     watched.collected.atexit = False
     return watched
 
@@ -138,20 +158,18 @@ def unwatch(watched: Watch, key: object, closed: bool) -> None:
         watched.timer.cancel()  # (a closed coroutine may be on any thread)
 
 
-def _collected(
-    watched: Watch, part: Partition[Any, Any], entry: Entry[Any, Any]
-) -> None:
+def _collected(watched: Watch, give_back: Callable[[], object], key: object) -> None:
     """The lease was garbage collected while entered: give its reference back."""
     watched.ended = True
-    Partitions.release_from_anywhere(part, entry)
-    _warn_never_left(entry.key, "it was garbage collected")
+    give_back()
+    _warn_never_left(key, "it was garbage collected")
 
 
 def _warn_never_left(key: object, how: str) -> None:
     warnings.warn(
         f"ttlpool: a lease of key {key!r} was never left: {how} while "
         "entered; its reference was given back (leave every lease: "
-        "`async with pool.get(key)`)",
+        "`with pool.get(key)`, or `async with` for a ResourcePool)",
         ResourceWarning,
         stacklevel=3,
     )
@@ -164,11 +182,17 @@ def warn_unclosed(partitions: Partitions[Any, Any]) -> None:
         return
     with partitions.lock:
         ledgers = partitions.ledgers()
+    hint = "`await pool.aclose()` (or `async with pool`)"
+    warn_held("ResourcePool", ledgers, hint)
+
+
+def warn_held(kind: str, ledgers: list[Ledger[Any, Any]], hint: str) -> None:
+    """A ``ResourceWarning`` if an unclosed pool, collected, held entries."""
     held = sum(len(ledger.entries) + len(ledger.retiring) for ledger in ledgers)
     if held:
         warnings.warn(
-            f"unclosed ResourcePool holding {held} entries: close it with "
-            "`await pool.aclose()` (or `async with pool`) before dropping it",
+            f"unclosed {kind} holding {held} entries: close it with {hint} "
+            "before dropping it",
             ResourceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )

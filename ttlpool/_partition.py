@@ -28,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sys
 import threading
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any, TypeVar
 
 from ttlpool._aio import is_awaitable, resolve, resolve_threadsafe, start_task
-from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
+from ttlpool._core import Creation, Entry, Ledger
+from ttlpool._driver import factory_failed
 from ttlpool._finalizer import Finalizer
 from ttlpool._handover import Mailbox, Owner
 from ttlpool._jobs import (
@@ -54,7 +54,6 @@ from ttlpool._jobs import (
     wait_finalizations,
 )
 from ttlpool.clock import TimerHandle
-from ttlpool.stats import RemovalCause
 
 __all__ = ["REAP_SLICE", "Partition"]
 
@@ -67,20 +66,12 @@ log = logging.getLogger("ttlpool")
 REAP_SLICE = 128
 
 
-def _factory_failed(exc: BaseException, key: object) -> BaseException:
-    """``exc``, which the factory for ``key`` raised, with a note that says so."""
-    if sys.version_info >= (3, 11):
-        exc.add_note(f"ttlpool: factory for key {key!r} failed")
-    return exc
-
-
 class Partition(Finalizer[K, T]):
     """One event loop's ledger, idle timer and jobs."""
 
     __slots__ = (
         "given_back",
         "inline",
-        "now",
         "own_ledger",
         "thread",
         "timer",
@@ -137,7 +128,7 @@ class Partition(Finalizer[K, T]):
             result = self.settings.factory(key)
         except BaseException as exc:
             ledger.failed_at_once()
-            _factory_failed(exc, key)
+            factory_failed(exc, key)
             raise
         if not is_awaitable(result):
             return ledger.created_at_once(key, result)
@@ -148,35 +139,6 @@ class Partition(Finalizer[K, T]):
         if creation.done and creation.entry is not None:
             return creation.entry  # its task ran to the end eagerly
         return creation
-
-    def create(self, creation: Creation[K, T]) -> None:
-        """Call the factory for ``creation`` (first ``validate``, for the idle
-        entry it may hand out again); an awaitable result is awaited in a
-        job. A ``BaseException`` from a sync factory or ``validate`` fails
-        the creation's waiters and is re-raised."""
-        if creation.stale is not None:
-            validate = self.settings.validate
-            assert validate is not None
-            try:
-                verdict: object = validate(creation.stale.resource)
-            except BaseException as exc:
-                verdict = exc
-            if is_awaitable(verdict):
-                self._start_creation(creation, verdict)
-                return
-            if self.validated(creation, verdict):
-                return
-        try:
-            result = self.settings.factory(creation.key)
-        except BaseException as exc:
-            self.creation_ended(creation, error=exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        if not is_awaitable(result):
-            self.creation_ended(creation, result)
-            return
-        self._start_creation(creation, result)
 
     def _start_creation(self, creation: Creation[K, T], awaitable: Any) -> None:
         job = CreationJob(creation, awaitable)
@@ -219,46 +181,6 @@ class Partition(Finalizer[K, T]):
         if creation.waiters == 0 and isinstance(exc, Exception):
             self.settings.report(exc, "create", creation.key)  # nobody else
 
-    def validated(self, creation: Creation[K, T], verdict: object) -> bool:
-        """What ``validate`` said of ``creation.stale`` (an exception it
-        raised, or its answer): true when that ended the creation (the
-        entry is handed out again, or a ``BaseException`` failed it, and
-        is re-raised); false when the entry was retired and the factory
-        must make a new one."""
-        ledger, key = self.ledger, creation.key
-        cause = RemovalCause.INVALID
-        if isinstance(verdict, Exception):
-            self.settings.report(verdict, "validate", key)
-        elif not isinstance(verdict, BaseException) and verdict:
-            settled = ledger.revalidated(creation, self.now())
-            if settled is not None:
-                self._wake(creation)
-                if settled[1]:  # nobody waits any more
-                    self.after_release(*settled)
-                return True
-            cause = RemovalCause.LIFETIME
-        self.finalize([ledger.invalidated(creation, cause)])
-        if isinstance(verdict, BaseException) and not isinstance(verdict, Exception):
-            self.creation_ended(creation, error=verdict)
-            raise verdict
-        return False
-
-    def creation_ended(
-        self,
-        creation: Creation[K, T],
-        resource: Any = None,
-        error: BaseException | None = None,
-    ) -> int:
-        """Record the factory's outcome and wake every waiter up; return what
-        the ledger decided for an entry nobody waits for any more."""
-        action = 0
-        if error is not None:
-            self.ledger.failed(creation, _factory_failed(error, creation.key))
-        else:
-            action = self.ledger.created(creation, resource, self.now())[1]
-        self._wake(creation)
-        return action
-
     def _wake(self, creation: Creation[K, T]) -> None:
         """Wake every waiter of a creation that ended."""
         for waiter in creation.listeners:
@@ -296,25 +218,6 @@ class Partition(Finalizer[K, T]):
             raise creation.error
         return creation.entry
 
-    # -- release and finalization ------------------------------------------------
-
-    def release_soon(self, entry: Entry[K, T]) -> None:
-        """Release one reference of ``entry`` without waiting for what the
-        release starts (a finalizer runs on in its job)."""
-        action = self.ledger.release(entry, self.now())
-        if action:
-            self.after_release(entry, action)
-
-    def after_release(self, entry: Entry[K, T], action: int) -> list[FinalizationTask]:
-        """Do what a release decided: arm the timer, finalize the entry and
-        the entries ``max_idle`` evicted. Returns the finalization jobs."""
-        if action & ARM:
-            self.arm()
-        doomed = [entry] if action & FINALIZE else []
-        if action & EVICTED:
-            doomed += self.ledger.take_victims()
-        return self.finalize(doomed)
-
     # -- the loop's shutdown ----------------------------------------------------
 
     async def shutting_down(self) -> None:
@@ -346,6 +249,7 @@ class Partition(Finalizer[K, T]):
             # One timer per loop: with shared entries, a clear from another
             # loop empties the ledger's deadline but cannot cancel this one.
             self.cancel_timer()
+            assert self.settings.timer_fired is not None
             fired = functools.partial(self.settings.timer_fired, self)
             self.timer = self.settings.clock.call_at(self.loop, deadline, fired)
 
@@ -437,5 +341,5 @@ class Partition(Finalizer[K, T]):
         for task in dead.mailbox.busy:  # its answers: the callers route again
             forget_task(task)
         dead.mailbox.busy.clear()
-        tasks = [self._start_finalization(job) for job in restart]
+        tasks = [self.start_job(job) for job in restart]
         return tasks + self.finalize(evicted)

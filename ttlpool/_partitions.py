@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import operator
 import os
 import sys
 import threading
@@ -50,11 +49,11 @@ from ttlpool._jobs import (
 )
 from ttlpool._locked_ledger import LockedLedger
 from ttlpool._partition import Partition
+from ttlpool._snapshot import add_totals, new_totals
 from ttlpool.clock import Clock
 from ttlpool.errors import PoolClosedError
-from ttlpool.stats import RemovalCause
 
-__all__ = ["TOTALS", "Partitions", "add_totals"]
+__all__ = ["Partitions"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -127,8 +126,7 @@ class Partitions(Generic[K, T]):
             if per_loop
             else LockedLedger(ttl, max_idle, threading.Lock(), **self.policies)
         )
-        self.retired: dict[str, int] = dict.fromkeys(TOTALS, 0)
-        self.retired_removed = [0] * len(RemovalCause)
+        self.retired, self.retired_removed = new_totals()
         _EVERY.add(self)
 
     def forget(self) -> None:
@@ -154,8 +152,7 @@ class Partitions(Generic[K, T]):
         self.all = {}
         self.parts = {} if self.closed else self.all
         self.by_thread = {}
-        self.retired = dict.fromkeys(TOTALS, 0)
-        self.retired_removed = [0] * len(RemovalCause)
+        self.retired, self.retired_removed = new_totals()
 
     def close(self) -> None:
         """Every later acquire raises: hits miss, and misses see ``closed``."""
@@ -403,30 +400,6 @@ class Partitions(Generic[K, T]):
         if self.shared is not None:
             return [self.shared]
         return [part.ledger for part in self.all.values()]
-
-
-#: PoolStats totals and the Ledger attributes that count them.
-def add_totals(
-    totals: dict[str, int], removed: list[int], ledger: Ledger[Any, Any]
-) -> None:
-    """Add a ledger's running totals to ``totals`` (by PoolStats name) and
-    its removals to ``removed`` (by RemovalCause)."""
-    for name, attr in TOTALS.items():
-        totals[name] += getattr(ledger, attr)
-    removed[:] = map(operator.add, removed, ledger.removed)
-
-
-TOTALS = {
-    "hits": "hits",
-    "misses": "misses",
-    "created": "created_total",
-    "finalized": "finalized_total",
-    "expired": "expired_total",
-    "evicted": "evicted_total",
-    "factory_errors": "factory_errors",
-    "finalizer_errors": "finalizer_errors",
-    "abandoned": "abandoned_total",
-}
 
 
 def _after_fork_in_child() -> None:

@@ -29,9 +29,10 @@ from ttlpool._jobs import ErrorHook, wait_finalizations
 from ttlpool._leaks import warn_unclosed
 from ttlpool._lease import Resource
 from ttlpool._partition import REAP_SLICE
-from ttlpool._partitions import Partitions, add_totals
+from ttlpool._partitions import Partitions
+from ttlpool._snapshot import snapshot
 from ttlpool.clock import Clock, MonotonicClock
-from ttlpool.stats import PoolStats, RemovalCause, Removals
+from ttlpool.stats import PoolStats, RemovalCause
 
 __all__ = ["REAP_SLICE", "ErrorHook", "Resource", "ResourcePool"]
 
@@ -302,20 +303,7 @@ class ResourcePool(Generic[K, T]):
             totals = dict(partitions.retired)
             removed = list(partitions.retired_removed)
             ledgers = partitions.ledgers()
-        gauges = dict.fromkeys(_GAUGES, 0)
-        for ledger in ledgers:
-            add_totals(totals, removed, ledger)
-            gauges["total_entries"] += len(ledger.entries)
-            gauges["referenced_entries"] += ledger.referenced
-            gauges["idle_entries"] += ledger.idle_count
-            gauges["creating"] += len(ledger.creating)
-            gauges["pending_cleanup"] += ledger.pending_cleanup_count()
-        return PoolStats(
-            **gauges,
-            **totals,
-            errors=partitions.settings.errors,
-            removed=Removals(*removed),
-        )
+        return snapshot(ledgers, totals, removed, partitions.settings.errors)
 
     @property
     def pending_cleanup(self) -> dict[K, float | None]:
@@ -352,12 +340,3 @@ class ResourcePool(Generic[K, T]):
             f"creating={s.creating} ttl={self._ttl} "
             f"{'per-loop' if self._per_loop else 'shared'}>"
         )
-
-
-_GAUGES = (
-    "total_entries",
-    "referenced_entries",
-    "idle_entries",
-    "pending_cleanup",
-    "creating",
-)

@@ -1,0 +1,445 @@
+"""The driver of a ``SyncResourcePool``: one ledger, plain threads, no loop.
+
+The same :class:`~ttlpool._core.Ledger` decides everything, as it does for
+every event loop's partition of a ``ResourcePool``, and the calls into user
+code are :class:`~ttlpool._driver.Driver`'s. What this driver adds is what
+a loop gave the other one:
+
+- *waiting*: a thread that joins a creation blocks on its own
+  ``threading.Event``, registered with the ledger (``listen``) and set when
+  the creation ends; the factory runs in the thread that started the
+  creation, with no lock held;
+- *the timer*: one daemon reaper thread per pool, named after it, started
+  when something becomes idle and ended once nothing is (nothing to reap,
+  no lease to watch); it sleeps on ``cond`` until the ledger's next
+  deadline and finalizes what expired, with no lock held. With a
+  :class:`~ttlpool.testing.ManualClock` there is no thread: the clock's
+  timer runs the same reap in the thread that advances it;
+- *draining*: ``clear`` waits on ``cond`` until no creation and no
+  finalization is in flight, but those the calling code runs inside of
+  (:data:`~ttlpool._jobs.INSIDE`, set around each factory, ``validate``,
+  ``on_remove`` and finalizer call).
+
+Who touches what:
+
+- ``ledger`` is a :class:`~ttlpool._locked_ledger.LockedLedger`: any thread
+  calls its operations, each under ``lock``, the ledger's own lock; a lease
+  (``ttlpool.sync``) takes ``lock`` itself and calls the unlocked ones.
+- ``cond`` is a condition on that same lock. ``closed``, ``reaper``,
+  ``timer``, ``later`` and ``draining`` change only under ``lock``;
+  ``draining`` is also read without it, as a hint that is exact where it
+  matters (see :meth:`ThreadDriver._notify`).
+- After ``os.fork()`` the pool makes a new driver in the child: this one is
+  ``forsaken`` (its resources are the parent's: it finalizes nothing and
+  arms nothing), and its lock is replaced, since a thread of the parent may
+  have held it at the fork.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from ttlpool._core import Creation, Entry, Ledger
+from ttlpool._driver import Driver, not_sync
+from ttlpool._entries import Entries
+from ttlpool._jobs import INSIDE, FinalizationTask, InsideOf, Settings, cycle_message
+from ttlpool._locked_ledger import LockedLedger
+from ttlpool._partition import REAP_SLICE
+from ttlpool.clock import TimerCallback, TimerHandle
+from ttlpool.errors import PoolClosedError
+from ttlpool.testing import ManualClock
+
+__all__ = ["ThreadDriver"]
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+log = logging.getLogger("ttlpool")
+
+_HINT = (
+    "a SyncResourcePool calls it in the acquiring thread and never awaits "
+    "(use ResourcePool for async code)"
+)
+
+
+#: The ledger's unlocked operations, for a caller that holds its lock.
+_lookup: Callable[
+    [Ledger[Any, Any], Any, bool, float],
+    tuple[Entry[Any, Any] | Creation[Any, Any], bool],
+]
+_lookup = Ledger.lookup  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+_take_victims: Callable[[Entries[Any, Any]], list[Entry[Any, Any]]]
+_take_victims = Entries.take_victims  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+_timer_fired: Callable[
+    [Entries[Any, Any], float, int], tuple[list[Entry[Any, Any]], float | None]
+]
+_timer_fired = Entries.timer_fired  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+_evict_all: Callable[[Entries[Any, Any]], list[Entry[Any, Any]]]
+_evict_all = Entries.evict_all  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+
+
+class _Later:
+    """A timer of the reaper thread (a lease's leak watch)."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: TimerCallback) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ThreadDriver(Driver[K, T]):
+    """A ledger driven by plain threads (see the module doc)."""
+
+    __slots__ = (
+        "closed",
+        "cond",
+        "draining",
+        "forsaken",
+        "inline",
+        "later",
+        "ledger",
+        "lock",
+        "manual",
+        "name",
+        "now",
+        "order",
+        "reaper",
+        "settings",
+        "timer",
+    )
+
+    awaits = False
+    ledger: LockedLedger[K, T]
+
+    def __init__(
+        self, settings: Settings, ledger: LockedLedger[K, T], name: str
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger  # pyright: ignore[reportIncompatibleVariableOverride]
+        self.lock = ledger.lock
+        self.cond = threading.Condition(self.lock)
+        self.now = settings.clock.now
+        self.name = name
+        #: The clock, if it runs the reaps itself (a ManualClock, in the
+        #: thread that advances it): then there is no reaper thread.
+        clock = settings.clock
+        self.manual = clock if isinstance(clock, ManualClock) else None
+        #: A lease may hit and release with the ledger's unlocked operations
+        #: under ``lock``: no lifetime to check, no leak to watch.
+        self.inline = ledger.lifetimes is None and settings.leak_timeout is None
+        self.closed = False
+        self.forsaken = False
+        self.reaper: threading.Thread | None = None
+        self.timer: TimerHandle | None = None
+        #: The reaper thread's other timers: (when, order, timer), a heap.
+        self.later: list[tuple[float, int, _Later]] = []
+        self.order = itertools.count()
+        #: How many ``clear`` calls wait on ``cond`` for work in flight.
+        self.draining = 0
+
+    def forsake(self) -> None:
+        """In a child after ``os.fork()``: finalize nothing, arm nothing."""
+        self.forsaken = True
+        self.ledger.lock = self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.reaper = self.timer = None
+
+    # -- the driver's hooks ----------------------------------------------------
+
+    def _wake(self, creation: Creation[K, T]) -> None:
+        for event in creation.listeners:
+            event.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        """A creation or finalization ended: wake the ``clear`` calls that
+        wait. (``draining`` is read without the lock: a clear raises it
+        and then checks the ledger under the lock; the ledger step that
+        ended the work took that lock, so either the clear saw the work
+        ended or this sees ``draining`` raised.)"""
+        if self.draining:
+            with self.cond:
+                self.cond.notify_all()
+
+    def _start_creation(self, creation: Creation[K, T], awaitable: Any) -> None:
+        key = creation.key
+        if creation.stale is not None:  # validate returned it
+            if not self.validated(
+                creation, not_sync(awaitable, "validate", key, _HINT)
+            ):
+                self.create(creation)
+            return
+        self.creation_ended(creation, error=not_sync(awaitable, "factory", key, _HINT))
+
+    def _forsaken(self) -> bool:
+        return self.forsaken
+
+    # -- acquire ---------------------------------------------------------------
+
+    def acquire(self, key: K, operation: str) -> Entry[K, T]:
+        """A hit, or the entry of the creation this joins or starts (whose
+        factory then runs here); the factory's error is raised."""
+        ledger = self.ledger
+        with self.lock:
+            if self.closed:
+                raise PoolClosedError(f"{operation}({key!r}): the pool is closed")
+            found, started = _lookup(ledger, key, False, self.now())
+            victims = _take_victims(ledger) if ledger.victims else None
+        if victims:  # idle entries past their lifetime, seen by the lookup
+            self._finalize_after(victims, found)
+        if isinstance(found, Entry):
+            return found
+        if started:
+            found.owner = self
+            self.create(found)
+        return self.wait(found)
+
+    def _finalize_after(
+        self, victims: list[Entry[K, T]], found: Entry[K, T] | Creation[K, T]
+    ) -> None:
+        """Finalize what a lookup retired; if that raises, give up ``found``."""
+        try:
+            self.finalize(victims)
+        except BaseException:
+            if isinstance(found, Entry):
+                self.release_soon(found)
+            else:
+                self.ledger.withdraw(found)
+            raise
+
+    def create(self, creation: Creation[K, T]) -> None:
+        token = INSIDE.set((*INSIDE.get(), creation))
+        try:
+            super().create(creation)
+        finally:
+            INSIDE.reset(token)
+
+    def wait(self, creation: Creation[K, T]) -> Entry[K, T]:
+        """Block, as a counted waiter, until ``creation`` ends; its entry
+        (with this waiter's reference) or its error. Interrupted (a
+        ``KeyboardInterrupt``), it leaves no reference behind."""
+        ledger = self.ledger
+        inside = INSIDE.get()
+        if creation in inside:
+            ledger.withdraw(creation)
+            raise RuntimeError(cycle_message(creation, inside))
+        if not creation.done:
+            event = threading.Event()
+            if ledger.listen(creation, event):
+                try:
+                    event.wait()
+                except BaseException:
+                    counted = ledger.withdraw(creation)
+                    if counted is not None:  # it ended as we were interrupted
+                        self.release_soon(counted)
+                    raise
+        if creation.error is not None:
+            raise creation.error
+        assert creation.entry is not None
+        return creation.entry
+
+    # -- finalization ----------------------------------------------------------
+
+    def finalize(self, entries: Iterable[Entry[K, T]]) -> list[FinalizationTask]:
+        entries = list(entries)
+        if not entries:
+            return []
+        token = INSIDE.set((*INSIDE.get(), *entries))
+        try:
+            return super().finalize(entries)
+        finally:
+            INSIDE.reset(token)
+            self._notify()
+
+    # -- the reaper ------------------------------------------------------------
+
+    def arm(self) -> None:
+        """The ledger has a deadline: make sure something wakes for it."""
+        if self.forsaken:
+            return
+        with self.lock:
+            deadline = self.ledger.timer_deadline
+            if deadline is None:
+                return
+            if self.manual:
+                if self.timer is not None:
+                    self.timer.cancel()
+                self.timer = self.manual.call_at(None, deadline, self._reap_by_clock)
+                return
+            thread = self._reaper_to_start()
+        if thread is not None:
+            self._start(thread)
+
+    def call_at(self, when: float, callback: TimerCallback) -> TimerHandle:
+        """Run ``callback`` in the reaper thread once ``now() >= when`` (or,
+        with a manual clock, when the clock reaches it)."""
+        if self.manual:
+            return self.manual.call_at(None, when, callback)
+        timer = _Later(callback)
+        with self.lock:
+            heapq.heappush(self.later, (when, next(self.order), timer))
+            thread = self._reaper_to_start()
+        if thread is not None:
+            self._start(thread)
+        return timer
+
+    def _reaper_to_start(self) -> threading.Thread | None:
+        """Under ``lock``: wake the reaper for a new deadline, or make one."""
+        if self.reaper is not None:
+            self.cond.notify_all()
+            return None
+        self.reaper = threading.Thread(
+            target=self._reap_forever, name=f"ttlpool-reaper-{self.name}", daemon=True
+        )
+        return self.reaper
+
+    def _start(self, thread: threading.Thread) -> None:
+        try:
+            thread.start()
+        except RuntimeError:  # at interpreter shutdown: nothing is reaped now
+            log.debug("ttlpool: no reaper thread for %r at shutdown", self.name)
+            with self.lock:
+                if self.reaper is thread:
+                    self.reaper = None
+
+    def _next_due(self) -> float | None:
+        """Under ``lock``: when the reaper must wake next (``None``: never)."""
+        later = self.later
+        while later and later[0][2].cancelled:
+            heapq.heappop(later)
+        due = self.ledger.timer_deadline
+        if later and (due is None or later[0][0] < due):
+            due = later[0][0]
+        return due
+
+    def _reap_forever(self) -> None:
+        """The reaper thread: until nothing is due, sleep until the next
+        deadline, then reap with no lock held."""
+        cond = self.cond
+        while True:
+            with cond:
+                while True:
+                    due = self._next_due()
+                    if due is None or self.forsaken:
+                        if self.reaper is threading.current_thread():
+                            self.reaper = None
+                        return
+                    now = self.now()
+                    if now >= due:
+                        break
+                    cond.wait(due - now)
+                expired = self._take_expired(now)
+                calls: list[_Later] = []
+                while self.later and self.later[0][0] <= now:
+                    calls.append(heapq.heappop(self.later)[2])
+            for timer in calls:
+                if not timer.cancelled:
+                    self._run(timer.callback)
+            self._run(self.finalize, expired)
+
+    def _reap_by_clock(self) -> None:
+        """A manual clock's timer: one slice of the reap, then re-arm."""
+        with self.lock:
+            self.timer = None
+            expired = self._take_expired(self.now())
+        try:
+            self.finalize(expired)
+        finally:
+            self.arm()
+
+    def _take_expired(self, now: float) -> list[Entry[K, T]]:
+        """Under ``lock``: a slice of the entries due by ``now``."""
+        deadline = self.ledger.timer_deadline
+        if deadline is None or now < deadline:
+            return []
+        return _timer_fired(self.ledger, now, REAP_SLICE)[0]
+
+    @staticmethod
+    def _run(call: Callable[..., object], *args: Any) -> None:
+        """Run reaper work; what escapes was logged where it was caught
+        (a finalizer's error is reported) and must not end the reaper."""
+        try:
+            call(*args)
+        except BaseException:
+            log.debug("ttlpool: reaper work raised", exc_info=True)
+
+    # -- clear -----------------------------------------------------------------
+
+    def clear(self, timeout: float | None, operation: str) -> None:
+        """Evict and finalize every entry, then wait for what is in flight,
+        generation after generation, until one finds nothing. A
+        ``BaseException`` from a finalizer is re-raised at the end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        skip = INSIDE.get()
+        interrupt: BaseException | None = None
+        while True:
+            with self.lock:
+                evicted = _evict_all(self.ledger)
+                if operation == "close":
+                    self.later.clear()
+                if self.timer is not None:
+                    self.timer.cancel()
+                    self.timer = None
+                self.cond.notify_all()  # the reaper: nothing is idle now
+            try:
+                self.finalize(evicted)
+            except BaseException as exc:
+                interrupt = interrupt or exc
+            waited = self._drain(skip, deadline, timeout, operation)
+            if not evicted and not waited:
+                break
+        if interrupt is not None:
+            raise interrupt
+
+    def _drain(
+        self,
+        skip: tuple[InsideOf, ...],
+        deadline: float | None,
+        timeout: float | None,
+        operation: str,
+    ) -> bool:
+        """Wait until no creation or finalization is in flight but those in
+        ``skip``; whether there was any."""
+        waited = False
+        with self.cond:
+            self.draining += 1
+            try:
+                while busy := self._busy(skip):
+                    waited = True
+                    if deadline is None:
+                        self.cond.wait()
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(
+                            f"{operation}: timed out after {timeout}s with keys "
+                            f"still being finalized or created: {busy}"
+                        )
+                    self.cond.wait(left)
+            finally:
+                self.draining -= 1
+        return waited
+
+    def _busy(self, skip: tuple[InsideOf, ...]) -> list[Any]:
+        """Under ``lock``: the keys of the work in flight, but ``skip``'s."""
+        ledger = self.ledger
+        return [c.key for c in ledger.creating.values() if c not in skip] + [
+            e.key for e in ledger.finalizing if e not in skip
+        ]
+
+    def join_reaper(self) -> None:
+        """Wait for the reaper thread to end (after ``close``: it does)."""
+        with self.lock:
+            reaper = self.reaper
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join()
