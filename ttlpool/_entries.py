@@ -180,6 +180,9 @@ class Entries(IdleOrder[K, T]):
             return 0  # evicted (refs was -1)
         entry.refs = 0
         self.idle_count += 1
+        if now <= self.reuse_before and self.queue and self.queue[-1] is entry:
+            entry.deadline = self.last_deadline  # (see IdleOrder.reuse_before)
+            return 0
         if self.doomed or self.lifetimes is not None:
             cause = self._leaving(entry, now)
             if cause is not None:
@@ -193,10 +196,10 @@ class Entries(IdleOrder[K, T]):
             self.reuse_before = deadline - self.ttl
         if (
             self.max_idle is None
-            and self.timer_deadline is not None
+            and (self.timer_deadline is not None or self.ttl == _INF)
             and self.lifetimes is None
         ):
-            return 0
+            return 0  # no timer to arm, nobody to evict
         action = 0
         if self.max_idle is not None and self.idle_count > self.max_idle:
             action = EVICTED
@@ -225,7 +228,13 @@ class Entries(IdleOrder[K, T]):
         return None
 
     def hold(self, entry: Entry[K, T]) -> None:
-        """Note that the latest reference of ``entry`` was taken by key."""
+        """Note that the latest reference of ``entry`` was taken by key. If
+        ``evict_all`` retired it since (another thread cleared between the
+        acquire and this note), its key's release is owed instead, as if
+        the note had come first."""
+        if entry.refs < 0:
+            self.owed[entry.key] = self.owed.get(entry.key, 0) + 1
+            return
         self.keyed[entry] = self.keyed.get(entry, 0) + 1
 
     def release_key(self, key: K, now: float) -> tuple[Entry[K, T] | None, int]:

@@ -127,6 +127,9 @@ class ThreadDriver(Driver[K, T]):
         self.settings = settings
         self.ledger = ledger  # pyright: ignore[reportIncompatibleVariableOverride]
         self.lock = ledger.lock
+        # Every release holds the lock, and the timer is never lost: the
+        # release's shortcut holds (see IdleOrder.reuse_before).
+        ledger.reusable = ledger.max_idle is None and ledger.lifetimes is None
         self.cond = threading.Condition(self.lock)
         self.now = settings.clock.now
         self.name = name
@@ -247,6 +250,22 @@ class ThreadDriver(Driver[K, T]):
             raise creation.error
         assert creation.entry is not None
         return creation.entry
+
+    def give_back(self, entry: Entry[K, T]) -> None:
+        """Release a lease the garbage collector found entered. The collector
+        may run in a thread that holds ``lock`` (while it allocates): then
+        a short-lived thread releases it, so that nothing waits for itself."""
+        if self.lock.acquire(blocking=False):
+            self.lock.release()
+            self.release_soon(entry)
+            return
+        thread = threading.Thread(
+            target=self.release_soon,
+            args=(entry,),
+            name=f"ttlpool-give-back-{self.name}",
+        )
+        thread.daemon = True
+        thread.start()
 
     # -- finalization ----------------------------------------------------------
 

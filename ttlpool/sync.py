@@ -15,6 +15,7 @@ Every other piece of shared state is the driver's, under its rules.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import threading
@@ -95,7 +96,7 @@ class SyncResource(Generic[T]):
                 self,
                 driver.settings,
                 driver.call_at,
-                lambda: driver.release_soon(entry),
+                functools.partial(driver.give_back, entry),
                 self._key,
             )
         return entry.resource
