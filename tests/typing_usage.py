@@ -23,6 +23,8 @@ from ttlpool import (
     Removals,
     Resource,
     ResourcePool,
+    SyncResource,
+    SyncResourcePool,
     WorkerLoopPool,
     drain_tasks,
 )
@@ -214,3 +216,34 @@ def lifecycle_options_are_checked() -> None:
 
     ResourcePool(connect, on_remove=wrong_removed)  # type: ignore
     ResourcePool(connect, max_lifetime="1h")  # type: ignore
+
+
+def sync_pools_are_generic_in_key_and_resource() -> None:
+    def alive_sync(connection: Connection) -> bool:
+        return bool(connection.dsn)
+
+    with SyncResourcePool(
+        connect_sync,
+        finalizer=close_sync,
+        ttl=30,
+        validate=alive_sync,
+        max_lifetime=3600,
+        on_remove=removed,
+        leak_timeout=60,
+        clock=ManualClock(),
+        name="db",
+    ) as pool:
+        assert_type(pool, SyncResourcePool[str, Connection])
+        lease = pool.get("db")
+        assert_type(lease, SyncResource[Connection])
+        with lease as connection:
+            assert_type(connection, Connection)
+        assert_type(pool.acquire("db"), Connection)
+        pool.release("db")
+        pool.expire("db")
+        pool.clear(timeout=1.0)
+        assert_type(pool.stats, PoolStats)
+        assert_type(pool.pending_cleanup, dict[str, float | None])
+        assert_type(pool.name, str)
+        pool.get(42)  # type: ignore[arg-type]
+        SyncResourcePool(connect_sync, validate=alive)  # type: ignore
