@@ -121,6 +121,7 @@ def watch(lease: object, part: Partition[Any, Any], entry: Entry[Any, Any]) -> W
         functools.partial(part.settings.clock.call_at, part.loop),
         functools.partial(Partitions.release_from_anywhere, part, entry),
         entry.key,
+        depth=3,
     )
 
 
@@ -130,13 +131,15 @@ def watch_lease(
     call_at: Callable[[float, TimerCallback], TimerHandle],
     give_back: Callable[[], object],
     key: object,
+    *,
+    depth: int,
 ) -> Watch:
     """Start watching ``lease`` of ``key``: ``call_at(when, callback)`` arms
     its timer, ``give_back()`` releases its reference if it is collected
-    while entered; the caller's caller's caller acquired it."""
+    while entered; the acquirer's frame is ``depth`` frames up from here."""
     timeout, clock = settings.leak_timeout, settings.clock
     assert timeout is not None
-    stack = _acquiring_stack(3)
+    stack = _acquiring_stack(depth)
     watched = Watch()
     now = clock.now()
     report = functools.partial(_held_too_long, watched, key, clock, now, timeout, stack)

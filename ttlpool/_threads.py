@@ -295,9 +295,7 @@ class ThreadDriver(Driver[K, T]):
                     self.timer.cancel()
                 self.timer = self.manual.call_at(None, deadline, self._reap_by_clock)
                 return
-            thread = self._reaper_to_start()
-        if thread is not None:
-            self._start(thread)
+            self._wake_reaper()
 
     def call_at(self, when: float, callback: TimerCallback) -> TimerHandle:
         """Run ``callback`` in the reaper thread once ``now() >= when`` (or,
@@ -307,36 +305,44 @@ class ThreadDriver(Driver[K, T]):
         timer = _Later(callback)
         with self.lock:
             heapq.heappush(self.later, (when, next(self.order), timer))
-            thread = self._reaper_to_start()
-        if thread is not None:
-            self._start(thread)
+            self._wake_reaper()
         return timer
 
-    def _reaper_to_start(self) -> threading.Thread | None:
-        """Under ``lock``: wake the reaper for a new deadline, or make one."""
+    def _wake_reaper(self) -> None:
+        """Under ``lock``: wake the reaper for a new deadline, or start one.
+        (Started under the lock, so that ``join_reaper`` never finds a
+        thread not started yet; the new thread waits for the lock.)"""
         if self.reaper is not None:
             self.cond.notify_all()
-            return None
-        self.reaper = threading.Thread(
+            return
+        reaper = threading.Thread(
             target=self._reap_forever, name=f"ttlpool-reaper-{self.name}", daemon=True
         )
-        return self.reaper
-
-    def _start(self, thread: threading.Thread) -> None:
         try:
-            thread.start()
+            reaper.start()
         except RuntimeError:  # at interpreter shutdown: nothing is reaped now
             log.debug("ttlpool: no reaper thread for %r at shutdown", self.name)
-            with self.lock:
-                if self.reaper is thread:
-                    self.reaper = None
+            return
+        self.reaper = reaper
+
+    def poke(self) -> None:
+        """Something left the idle order: a reaper sleeping for it checks
+        whether anything is still due (else it ends now)."""
+        if self.reaper is not None:
+            with self.cond:
+                self.cond.notify_all()
 
     def _next_due(self) -> float | None:
         """Under ``lock``: when the reaper must wake next (``None``: never)."""
         later = self.later
         while later and later[0][2].cancelled:
             heapq.heappop(later)
-        due = self.ledger.timer_deadline
+        ledger = self.ledger
+        due = ledger.timer_deadline
+        if due is not None and ledger.next_wake() is None:
+            # Nothing idle is left to expire (a hit or an expire took it):
+            # no timer is needed, as if it had fired.
+            ledger.timer_deadline = due = None
         if later and (due is None or later[0][0] < due):
             due = later[0][0]
         return due

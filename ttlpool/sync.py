@@ -98,6 +98,7 @@ class SyncResource(Generic[T]):
                 driver.call_at,
                 functools.partial(driver.give_back, entry),
                 self._key,
+                depth=2,
             )
         return entry.resource
 
@@ -285,6 +286,7 @@ class SyncResourcePool(Generic[K, T]):
         driver = self._driver
         entry = driver.ledger.expire(key)
         if entry is not None:
+            driver.poke()
             driver.finalize([entry])
 
     def clear(self, *, timeout: float | None = None) -> None:
