@@ -1,12 +1,16 @@
-"""Run the loop hammers over many seeds: ``python -m tests.stress --seeds 2000``.
+"""Run the hammers over many seeds: ``python -m tests.stress --seeds 2000``.
 
 Each seed runs every hammer scenario of :mod:`tests.hammer` (loops that end
 together, one loop closing the pool while the others run, loops that leave
 one by one) once, in the pool mode and idle TTL the seed picks, and checks
 that every resource was finalized exactly once, to its end, on its own loop
-while that loop ran, with exact counts. Seeds run in worker processes; a
-failure prints its seed, scenario and what went wrong, and makes the exit
-status 1. ``--seed N`` reruns one seed in this process.
+while that loop ran, with exact counts. Then it runs the sync hammer of
+:mod:`tests.hammer_sync` (plain threads on a ``SyncResourcePool``, with
+``clear`` and ``close`` from another thread) once, in the mode the seed
+picks there. ``--only loops`` or ``--only sync`` runs one kind alone.
+Seeds run in worker processes; a failure prints its seed, scenario and
+what went wrong, and makes the exit status 1. ``--seed N`` reruns one seed
+in this process.
 
 The test suite runs a few seeds of each scenario; this is for many.
 """
@@ -15,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import multiprocessing
 import sys
 import time
 
-from tests import hammer
+from tests import hammer, hammer_sync
 
 #: (per_loop, ttl, lifecycle options) a seed picks from.
 MODES = [
@@ -30,15 +35,25 @@ MODES = [
 ]
 
 
-def run_seed(seed: int) -> list[str]:
-    """Every scenario once for ``seed``; the problems found, as text."""
-    per_loop, ttl, lifecycle = MODES[seed % len(MODES)]
-    mode = f"{'per_loop' if per_loop else 'shared'} ttl={ttl}"
-    mode += " with lifecycle options" if lifecycle else ""
-    problems = []
-    for scenario in hammer.SCENARIOS:
-        for problem in hammer.run_scenario(scenario, seed, per_loop, ttl, lifecycle):
-            problems.append(f"seed {seed} {scenario} {mode}:\n{problem}")
+#: The kinds of hammer, for ``--only``.
+KINDS = ("loops", "sync")
+
+
+def run_seed(seed: int, kinds: tuple[str, ...] = KINDS) -> list[str]:
+    """Every scenario of ``kinds`` once for ``seed``; the problems found,
+    as text."""
+    problems: list[str] = []
+    if "loops" in kinds:
+        per_loop, ttl, lifecycle = MODES[seed % len(MODES)]
+        mode = f"{'per_loop' if per_loop else 'shared'} ttl={ttl}"
+        mode += " with lifecycle options" if lifecycle else ""
+        for scenario in hammer.SCENARIOS:
+            for problem in hammer.run_scenario(
+                scenario, seed, per_loop, ttl, lifecycle
+            ):
+                problems.append(f"seed {seed} {scenario} {mode}:\n{problem}")
+    if "sync" in kinds:
+        problems += hammer_sync.run_seed(seed)
     return problems
 
 
@@ -52,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jobs", type=int, default=2, help="worker processes (default 2)"
     )
+    parser.add_argument(
+        "--only",
+        choices=KINDS,
+        help="run only the loop hammers or only the sync hammer (default: both)",
+    )
     args = parser.parse_args(argv)
+    kinds = KINDS if args.only is None else (args.only,)
+    run = functools.partial(run_seed, kinds=kinds)
     if args.seed is not None:
-        problems = run_seed(args.seed)
+        problems = run(args.seed)
         print("\n".join(problems) or f"seed {args.seed}: ok")
         return 1 if problems else 0
 
@@ -64,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         for done, (seed, problems) in enumerate(
-            zip(seeds, pool.map(run_seed, seeds, chunksize=4), strict=True), 1
+            zip(seeds, pool.map(run, seeds, chunksize=4), strict=True), 1
         ):
             if problems:
                 failed.append(seed)
@@ -75,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{time.monotonic() - started:.0f}s",
                     flush=True,
                 )
-    scenarios = len(hammer.SCENARIOS)
+    scenarios = len(hammer.SCENARIOS) if "loops" in kinds else 0
+    scenarios += 1 if "sync" in kinds else 0
     print(
         f"stress: {len(seeds)} seeds x {scenarios} scenarios on Python "
         f"{sys.version.split()[0]}: "
