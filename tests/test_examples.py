@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import importlib.util
 import logging
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -36,6 +40,7 @@ def load_example(name: str) -> ModuleType:
 
 sessions = load_example("aiohttp_sessions")
 worker_loops = load_example("worker_loops")
+http_clients = load_example("http_clients")
 
 
 # -- a real HTTP server on loopback -------------------------------------------
@@ -459,3 +464,428 @@ async def test_sessions_script_passes_its_ttl_to_the_pool(
     assert returncode == 0, err
     assert out.splitlines()[-1] == "2 sessions opened for 2 requests"
     assert err.splitlines() == [f"INFO: session for {base} left the pool: RELEASED"] * 2
+
+
+# -- the thread-pool HTTP clients example ---------------------------------------
+
+
+class CountingHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive: answers ``GET path`` with ``"<server> <path>"``.
+
+    ``/bye`` is answered, then the connection is closed without saying so
+    (no ``Connection: close``), as a server's keep-alive timeout would.
+    """
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes: without TCP_NODELAY the body
+    # waits for a delayed ACK, 40 ms per request on Linux.
+    disable_nagle_algorithm = True
+    server: CountingServer
+
+    def do_GET(self) -> None:
+        server = self.server
+        with server.changed:
+            server.requests += 1
+        body = f"{server.name} {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.path == "/bye":
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # no access log on stderr
+
+
+class CountingServer(http.server.ThreadingHTTPServer):
+    """A real HTTP server on 127.0.0.1 (a free port), served by a thread of
+    its own (a thread per connection), that counts the TCP connections it
+    accepted and the ones it has closed."""
+
+    daemon_threads = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(("127.0.0.1", 0), CountingHandler)
+        self.name = name
+        self.base_url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.changed = threading.Condition()
+        self.opened = self.closed = self.requests = 0
+        self.live: set[socket.socket] = set()
+        self.thread = threading.Thread(
+            target=self.serve_forever, args=(0.01,), name=f"server-{name}"
+        )
+        self.thread.start()
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        with self.changed:
+            self.opened += 1
+            self.live.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        super().shutdown_request(request)  # closes it (after its handler ended)
+        with self.changed:
+            self.live.discard(request)
+            self.closed += 1
+            self.changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Wait until ``predicate()`` (of the counters) is true; whether it is."""
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)
+
+    def stop(self) -> None:
+        """Stop serving, cut the connections still open, join every thread."""
+        self.shutdown()
+        self.thread.join()
+        with self.changed:
+            live = list(self.live)
+        for request in live:  # a handler blocked on a kept-alive connection
+            with contextlib.suppress(OSError):  # closed meanwhile
+                request.shutdown(socket.SHUT_RDWR)
+        assert self.wait_for(lambda: not self.live), "handlers did not end"
+        self.server_close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[Callable[[str], CountingServer]]:
+    """Start named :class:`CountingServer`\\ s; stop them at teardown."""
+    servers: list[CountingServer] = []
+
+    def start(name: str) -> CountingServer:
+        server = CountingServer(name)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+REAPER = "ttlpool-reaper-http-clients"
+
+
+def reaper_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == REAPER]
+
+
+def test_http_clients_main_shares_one_client_per_host_across_threads(
+    http_server: Callable[[str], CountingServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    alpha, beta, gamma = (http_server(name) for name in ("alpha", "beta", "gamma"))
+    a, b, c = alpha.base_url, beta.base_url, gamma.base_url
+    expected = {
+        f"{a}/one": b"alpha /one",
+        f"{b}/two": b"beta /two",
+        f"{c}/three?x=1": b"gamma /three?x=1",
+        f"{a}/four": b"alpha /four",
+    }
+    summary = http_clients.main(list(expected), workers=8, requests=24)
+
+    assert len(summary.outcomes) == 96
+    assert sorted(url for url, _ in summary.outcomes) == sorted(list(expected) * 24)
+    for url, response in summary.outcomes:
+        assert isinstance(response, http_clients.Response), (url, response)
+        assert (response.status, response.body) == (200, expected[url])
+        assert response.connection == 1  # every request on the first connection
+    assert summary.failed == 0
+
+    stats = summary.stats
+    assert stats.created == 3  # one client per base URL, for 96 requests
+    assert stats.hits + stats.misses == 96
+    assert stats.finalized == stats.removed.cleared == 3  # closed with the pool
+    assert stats.total_entries == 0
+    assert not reaper_threads()  # closing the pool joined it
+
+    # The servers' side: one kept-alive connection each, closed at the end.
+    assert (alpha.requests, beta.requests, gamma.requests) == (48, 24, 24)
+    for server in (alpha, beta, gamma):
+        assert server.opened == 1
+        assert server.wait_for(lambda s=server: s.closed == 1)  # type: ignore[misc]
+
+    assert capsys.readouterr().out.splitlines() == [
+        f"{a}: 48 requests over 1 connection; 200 OK: 48",
+        f"{b}: 24 requests over 1 connection; 200 OK: 24",
+        f"{c}: 24 requests over 1 connection; 200 OK: 24",
+        "3 clients created for 96 requests on 8 threads; 3 closed",
+    ]
+
+
+def test_threads_holding_one_client_at_once_take_turns(
+    http_server: Callable[[str], CountingServer],
+) -> None:
+    """Eight threads hold the same client at the same time (a barrier inside
+    the lease) and all send at once: its lock serializes them on one
+    connection."""
+    server = http_server("alpha")
+    pool = http_clients.client_pool(ttl=30, clock=ManualClock())
+    all_inside = threading.Barrier(8, timeout=5)
+    results: dict[int, tuple[object, object]] = {}
+
+    def work(n: int) -> None:
+        with pool.get(server.base_url) as client:
+            all_inside.wait()
+            results[n] = (client, client.get(f"/{n}"))
+
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(client) for client, _ in results.values()}) == 1
+        for n, (_, response) in results.items():
+            assert isinstance(response, http_clients.Response)
+            assert (response.body, response.connection) == (f"alpha /{n}".encode(), 1)
+        assert len(results) == 8
+        assert pool.stats.created == 1
+        assert server.opened == 1
+    finally:
+        pool.close()
+
+
+def test_idle_client_is_closed_after_ttl_by_the_clock(
+    http_server: Callable[[str], CountingServer],
+) -> None:
+    server = http_server("alpha")
+    a = server.base_url
+    clock = ManualClock()
+    pool = http_clients.client_pool(ttl=30, clock=clock)
+    try:
+        assert http_clients.fetch(pool, f"{a}/x").body == b"alpha /x"
+        with pool.get(a) as client:
+            pass
+
+        clock.advance(29.5)
+        assert not client.closed
+        assert http_clients.fetch(pool, f"{a}/y").connection == 1  # warm: a hit
+        clock.advance(29.5)  # 29.5 s since that last request: still warm
+        assert not client.closed
+        assert a in pool
+        assert server.closed == 0
+
+        clock.advance(0.5)  # reaped in this thread, before advance returns
+        assert client.closed
+        assert a not in pool
+        assert pool.stats.removed.idle == pool.stats.expired == 1
+        assert server.wait_for(lambda: server.closed == 1)
+
+        assert http_clients.fetch(pool, f"{a}/z").body == b"alpha /z"
+        with pool.get(a) as fresh:
+            assert fresh is not client
+        assert pool.stats.created == 2
+        assert server.opened == 2
+    finally:
+        pool.close()
+    assert fresh.closed
+    assert server.wait_for(lambda: server.closed == 2)
+
+
+def test_reaper_thread_closes_an_idle_client_once_its_ttl_passed(
+    http_server: Callable[[str], CountingServer],
+) -> None:
+    """The real clock: a reaper thread starts when the client goes idle,
+    closes it no earlier than ``ttl`` after the release, and ends."""
+    server = http_server("alpha")
+    a = server.base_url
+    ttl = 0.05
+    removed: list[tuple[object, RemovalCause, float]] = []
+    pool = http_clients.client_pool(
+        ttl=ttl,
+        on_remove=lambda _, c, cause: removed.append((c, cause, time.monotonic())),
+    )
+    try:
+        with pool.get(a) as client:
+            assert client.get("/x").body == b"alpha /x"
+            released = time.monotonic()  # a lower bound of the release time
+        assert server.wait_for(lambda: server.closed == 1)  # the finalizer ran
+        for reaper in reaper_threads():
+            reaper.join(5)  # nothing is idle any more: it ends
+        assert not reaper_threads()
+        assert client.closed
+        assert a not in pool
+        assert [(c, cause) for c, cause, _ in removed] == [(client, RemovalCause.IDLE)]
+        assert removed[0][2] >= released + ttl
+        assert pool.stats.finalized == pool.stats.expired == 1
+    finally:
+        pool.close()
+
+
+def test_a_client_whose_connection_the_server_closed_is_replaced(
+    http_server: Callable[[str], CountingServer],
+) -> None:
+    server = http_server("alpha")
+    a = server.base_url
+    causes: list[RemovalCause] = []
+    pool = http_clients.client_pool(
+        ttl=30,
+        clock=ManualClock(),
+        on_remove=lambda _k, _c, cause: causes.append(cause),
+    )
+    try:
+        with pool.get(a) as client:
+            assert client.get("/bye").body == b"alpha /bye"
+        assert server.wait_for(lambda: server.closed == 1)
+        assert client.connection_broken(timeout=5)  # its end of file has arrived
+        assert a in pool  # idle: nobody has looked at it yet
+
+        response = http_clients.fetch(pool, f"{a}/hello")
+        assert (response.body, response.connection) == (b"alpha /hello", 1)
+        assert client.closed
+        with pool.get(a) as fresh:
+            assert fresh is not client
+        assert causes == [RemovalCause.INVALID]
+        assert pool.stats.removed.invalid == 1
+        assert pool.stats.created == 2
+        assert server.opened == 2
+    finally:
+        pool.close()
+
+
+def test_a_client_closed_behind_the_pools_back_is_replaced(
+    http_server: Callable[[str], CountingServer],
+) -> None:
+    a = http_server("alpha").base_url
+    pool = http_clients.client_pool(ttl=30, clock=ManualClock())
+    try:
+        with pool.get(a) as client:
+            client.close()  # not the lease holder's to close
+            with pytest.raises(RuntimeError, match="is closed"):
+                client.get("/x")
+        assert http_clients.fetch(pool, f"{a}/x").body == b"alpha /x"
+        assert pool.stats.removed.invalid == 1
+        assert pool.stats.created == 2
+    finally:
+        pool.close()
+
+
+def test_a_busy_client_sends_a_get_again_on_a_new_connection(
+    http_server: Callable[[str], CountingServer],
+) -> None:
+    """Held all along, so never validated: the client itself finds its
+    kept-alive connection closed by the server and reconnects, once."""
+    server = http_server("alpha")
+    pool = http_clients.client_pool(ttl=30, clock=ManualClock())
+    try:
+        with pool.get(server.base_url) as client:
+            assert client.get("/bye").connection == 1
+            assert server.wait_for(lambda: server.closed == 1)
+            response = client.get("/again")
+            assert (response.body, response.connection) == (b"alpha /again", 2)
+            assert client.connections_opened == 2
+        assert (server.opened, server.requests) == (2, 2)
+        assert pool.stats.created == 1
+    finally:
+        pool.close()
+
+
+def test_main_reports_a_host_that_refuses_and_goes_on(
+    http_server: Callable[[str], CountingServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new connection that fails is not retried: each request says why."""
+    a = http_server("alpha").base_url
+    with socket.socket() as unused:  # bound, never listening: refuses
+        unused.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+        summary = http_clients.main([f"{a}/ok", f"{dead}/x"], workers=4, requests=5)
+    assert summary.failed == 5
+    for url, result in summary.outcomes:
+        if url.startswith(dead):
+            assert isinstance(result, ConnectionRefusedError)
+        else:
+            assert isinstance(result, http_clients.Response)
+    assert summary.stats.created == 2  # a client for the dead host too, once
+    assert capsys.readouterr().out.splitlines() == [
+        f"{a}: 5 requests over 1 connection; 200 OK: 5",
+        f"{dead}: 5 requests over 0 connections; ConnectionRefusedError: 5",
+        "2 clients created for 10 requests on 4 threads; 2 closed",
+    ]
+
+
+def test_http_clients_key_by_scheme_host_and_port() -> None:
+    split = http_clients.split_url
+    assert split("http://127.0.0.1:8/a/b?c=1") == ("http://127.0.0.1:8", "/a/b?c=1")
+    assert split("http://Example.ORG") == ("http://example.org:80", "/")
+    assert split("https://example.org/x") == ("https://example.org:443", "/x")
+    assert split("http://[::1]:8080/") == ("http://[::1]:8080", "/")
+    for bad in ("/relative", "ftp://h/x", "http://h:99999/", "http://u:p@h/"):
+        with pytest.raises(ValueError):
+            split(bad)
+    assert repr(http_clients.HostClient("https://example.org:443")) == (
+        "<HostClient https://example.org:443 open>"
+    )
+
+
+def test_http_clients_help_and_usage_errors() -> None:
+    result = run_script("http_clients", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: ")
+    for text in ("URL [URL ...]", "--workers N", "--requests N", "--ttl SECONDS"):
+        assert text in result.stdout
+    assert summary_of(http_clients) in " ".join(result.stdout.split())
+    assert result.stderr == ""
+
+    for args, message in (
+        ([], "the following arguments are required: URL"),
+        (["ftp://h/x"], "not an absolute http(s) URL: 'ftp://h/x'"),
+    ):
+        result = run_script("http_clients", *args)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.startswith("usage: ")
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_http_clients_options() -> None:
+    url = "http://127.0.0.1:1/"
+    args = http_clients.parse_args([url])
+    assert (args.urls, args.workers, args.requests, args.ttl) == ([url], 8, 10, 30.0)
+    args = http_clients.parse_args(
+        ["--workers", "3", "--requests", "2", "--ttl", "inf", url, url]
+    )
+    assert (args.urls, args.workers, args.requests, args.ttl) == (
+        [url, url],
+        3,
+        2,
+        None,
+    )
+    for bad in (
+        ["--workers", "x"],
+        ["--requests", "0"],
+        ["--requests", "-3"],
+        ["--ttl", "-1"],
+        ["--ttl", "nan"],
+        ["http://h:port/"],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            http_clients.parse_args([*bad, url])
+        assert exited.value.code == 2
+
+
+def test_http_clients_script_against_real_servers(
+    http_server: Callable[[str], CountingServer],
+) -> None:
+    """The whole script, command line to exit status, against two servers."""
+    alpha, beta = http_server("alpha"), http_server("beta")
+    result = run_script(
+        "http_clients",
+        "--workers",
+        "8",
+        "--requests",
+        "12",
+        f"{alpha.base_url}/a",
+        f"{beta.base_url}/b",
+        f"{alpha.base_url}/c",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{alpha.base_url}: 24 requests over 1 connection; 200 OK: 24",
+        f"{beta.base_url}: 12 requests over 1 connection; 200 OK: 12",
+        "2 clients created for 36 requests on 8 threads; 2 closed",
+    ]
+    assert result.stderr == ""
+    assert (alpha.opened, beta.opened) == (1, 1)
+    assert (alpha.requests, beta.requests) == (24, 12)
