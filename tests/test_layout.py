@@ -47,6 +47,7 @@ LAYERS = [
     "_requests",
     "_control",
     "worker",
+    "_reaper",
     "_threads",
     "sync",
     "__init__",

@@ -585,10 +585,11 @@ class LedgerMachine(RuleBasedStateMachine):
         finalizer, no eviction, no timer, and ``last_deadline`` is late
         enough for it."""
         ledger = self.ledger
-        if ledger.queue and ledger.reuse_before > -math.inf:  # (NaN: never)
+        if ledger.queue and ledger.reuse_before > -math.inf:
             assert ledger.reusable and ledger.max_idle is None
             assert not ledger.doomed and not ledger.ttl_is_zero
-            assert ledger.timer_deadline is not None
+            # A timer is armed, unless nothing ever expires (an infinite ttl).
+            assert ledger.timer_deadline is not None or ledger.ttl == math.inf
             assert ledger.reuse_before + ledger.ttl <= ledger.last_deadline
 
     @invariant()

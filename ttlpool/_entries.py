@@ -193,7 +193,8 @@ class Entries(IdleOrder[K, T]):
             return FINALIZE
         deadline = self.queue_idle(entry, now)
         if self.reusable and not self.doomed:  # a timer is armed, or is now
-            self.reuse_before = deadline - self.ttl
+            # (With no ttl no timer is needed, and every deadline is inf.)
+            self.reuse_before = deadline - self.ttl if deadline != _INF else _INF
         if (
             self.max_idle is None
             and (self.timer_deadline is not None or self.ttl == _INF)

@@ -103,9 +103,10 @@ class IdleOrder(Generic[K, T]):
         #: A release at ``now <= reuse_before`` of the entry last in the
         #: queue needs nothing but its count, its idle count and
         #: ``last_deadline`` as its deadline: no entry is marked to go at
-        #: its release, a timer is armed, and that deadline is at least
-        #: ``now + ttl``. ``-inf`` (or NaN for an infinite ``ttl``) when
-        #: that may not hold; the ledger sets it after each slow release.
+        #: its release, a timer is armed (or none is needed: an infinite
+        #: ``ttl``, and ``inf`` here), and that deadline is at least
+        #: ``now + ttl``. ``-inf`` when that may not hold; the ledger sets
+        #: it after each slow release.
         self.reuse_before = -_INF
 
     def queue_idle(self, entry: Entry[K, T], now: float) -> float:

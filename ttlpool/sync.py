@@ -85,8 +85,13 @@ class SyncResource(Generic[T]):
             )
         driver = self._driver
         if driver.inline:
-            with driver.lock:
+            # (acquire and release, not ``with``: half the cost on 3.11-3.13)
+            lock = driver.lock
+            lock.acquire()
+            try:
                 entry: Entry[Any, T] | None = _hit(driver.ledger, self._key)
+            finally:
+                lock.release()
             if entry is not None:
                 self._entry = entry
                 return entry.resource
@@ -119,8 +124,12 @@ class SyncResource(Generic[T]):
         driver = self._driver
         if driver.inline:
             now = driver.now()
-            with driver.lock:
+            lock = driver.lock
+            lock.acquire()
+            try:
                 action = _release(driver.ledger, entry, now)
+            finally:
+                lock.release()
             if action:
                 driver.after_release(entry, action)
             return
