@@ -140,7 +140,7 @@ class Entries(IdleOrder[K, T]):
         self.keyed: dict[Entry[K, T], int] = {}
         self.owed: dict[K, int] = {}
         # Running totals.
-        self.hits = 0
+        self.hits: int = 0
         self.misses = 0
         self.created_total = 0
         self.finalized_total = 0
