@@ -23,6 +23,7 @@ OPTIONAL = {
     "anyio": "anyio.from_thread",
     "asgiref": "asgiref.sync",
     "matplotlib": "matplotlib",
+    "cachetools": "cachetools",
     "worker": "ttlpool.worker",
 }
 

@@ -24,7 +24,7 @@ from typing import Any
 from benchmarks._measure import Figure, Results, ratio_of
 from benchmarks._optional import attr, load
 from benchmarks.report import fmt_ratio
-from benchmarks.targets import RUN, RUN_SYNC, SHORT
+from benchmarks.targets import RUN, RUN_SYNC, SHORT, SYNC_CACHE, SYNC_POOL
 
 __all__ = ["Row", "Section", "chart_sections", "write_chart"]
 
@@ -183,6 +183,25 @@ def _policies(results: Results, verdicts: list[dict[str, Any]]) -> Section:
     return section
 
 
+def _sync(results: Results, verdicts: list[dict[str, Any]]) -> Section:
+    """S1-S3: SyncResourcePool against its floor, and a hit against cachetools."""
+    section = Section(
+        "How close is SyncResourcePool to the floor? (plain threads; the floor: "
+        "a dict under a threading.Lock, one lookup, one increment)",
+        "the floor's time (or the row's other's) / SyncResourcePool's; 1 would "
+        "be as cheap",
+    )
+    for key in ("sync_hit", "sync_threads_keys", "sync_threads_shared", "sync_churn"):
+        where = (key, "floor"), (key, SYNC_POOL)
+        label = SHORT.get(key, key)
+        _add(section, _ratio_row(results, verdicts, label, *where, "the floor's time"))
+    for key in ("sync_hit", "sync_threads_keys", "sync_threads_shared"):
+        where = (key, SYNC_CACHE), (key, SYNC_POOL)
+        label = f"{SHORT.get(key, key)}: {SYNC_CACHE}"
+        _add(section, _ratio_row(results, verdicts, label, *where))
+    return section
+
+
 def _limits(verdicts: list[dict[str, Any]]) -> Section:
     """The targets on one figure's value (no ratio): limit / measured."""
     section = Section(
@@ -257,6 +276,7 @@ def chart_sections(results: Results, verdicts: list[dict[str, Any]]) -> list[Sec
         _against(results, verdicts, "floor"),
         _at_scale(results, verdicts),
         _policies(results, verdicts),
+        _sync(results, verdicts),
         _limits(verdicts),
         _workers(results, verdicts, sync=False),
         _workers(results, verdicts, sync=True),

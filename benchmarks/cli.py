@@ -30,6 +30,7 @@ from benchmarks.policies import measure_policies
 from benchmarks.pools import measure_pools
 from benchmarks.report import render_table, write_json
 from benchmarks.targets import evaluate
+from benchmarks.threads import measure_threads
 from benchmarks.workers import measure_dispatch, measure_run_sync
 
 __all__ = ["main"]
@@ -45,6 +46,7 @@ SECTIONS = (
     "policies",
     "dispatch",
     "run_sync",
+    "sync",
 )
 
 
@@ -99,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help=(
             "comma-separated optional packages to treat as not installed "
-            "(wool, uvloop, anyio, asgiref, matplotlib, worker)"
+            "(wool, uvloop, anyio, asgiref, matplotlib, cachetools, worker)"
         ),
     )
     return parser
@@ -167,11 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     pin = CpuPin.choose(enabled=not args.no_pin)
     results = Results()
-    asyncio.run(_on_a_loop(results, settings, sections - {"memory", "run_sync"}, pin))
+    in_loop = sections - {"memory", "run_sync", "sync"}
+    asyncio.run(_on_a_loop(results, settings, in_loop, pin))
     if "memory" in sections:
         measure_memory(results, settings, _say)
     if "run_sync" in sections:
         measure_run_sync(results, settings, _say, pin)
+    if "sync" in sections:  # plain threads, no event loop
+        measure_threads(results, settings, _say, pin)
     seconds = time.perf_counter() - started
 
     meta = _meta(settings, seconds, optional, pin)

@@ -62,7 +62,7 @@ async def no_pending_tasks() -> object:
 @pytest.fixture
 def bench_extra() -> BenchExtra:
     """``bench_extra(module, python=(3, 11))`` imports a module of the ``bench``
-    extra (wool, matplotlib, uvloop, anyio, asgiref).
+    extra (wool, matplotlib, uvloop, anyio, asgiref, cachetools).
 
     Where it does not import, the test is skipped, saying so, unless
     ``TTLPOOL_REQUIRE_BENCH=1``, where the test fails. ``python`` is the

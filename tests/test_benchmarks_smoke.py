@@ -48,6 +48,11 @@ TARGETS = [
     "validate set: reuse of an idle entry (validated each time), reported",
     "max_lifetime set: a warm hit, reported",
     "leak_timeout set: a lease (stack captured, timer armed), reported",
+    "SyncResourcePool warm hit (1 thread) ≤ 2x the floor (a dict under a "
+    "threading.Lock)",
+    "SyncResourcePool warm hit, 8 threads on 8 keys, reported",
+    "SyncResourcePool warm hit, 8 threads on one key, reported",
+    "SyncResourcePool churn (ttl=0, sync factory/finalizer), reported",
     *(
         text.format(loops=loops, run=run)
         for loops, run in (("asyncio", "asyncio.run"), ("uvloop", "uvloop.run"))
@@ -68,6 +73,7 @@ QUESTIONS = [
     "How close to the floor?",
     "Does a warm hit stay flat",
     "What does a lifecycle option cost on a warm hit?",
+    "How close is SyncResourcePool to the floor?",
     "Does it stay within its limits?",
     "Is the worker loop worth it?",
     "Is run_sync worth it?",
@@ -130,6 +136,8 @@ def test_smoke_run_prints_the_table_and_writes_json(smoke: SmokeRun) -> None:
     assert "dispatch" in groups and "run_sync" in groups
     assert "8. Warm hit with lifecycle options" in smoke.stdout
     _assert_policy_group(groups)
+    assert "S1. SyncResourcePool warm hit, 1 thread" in smoke.stdout
+    _assert_sync_groups(groups)
     assert {t["status"] for t in smoke.document["targets"]} <= {"PASS", "MISS", "n/a"}
 
 
@@ -158,6 +166,34 @@ def _assert_policy_group(groups: dict[str, Any]) -> None:
         r"validate ran ([\d,]+) times in \1 idle reuses and 0 times in", group["note"]
     ), group["note"]
     assert "the labels are wrong" not in group["note"]
+
+
+#: The groups of the sync section (SyncResourcePool from plain threads).
+SYNC_GROUPS = ["sync_hit", "sync_threads_keys", "sync_threads_shared", "sync_churn"]
+SYNC_CACHE = "cachetools TTLCache + Lock"
+
+
+def _assert_sync_groups(groups: dict[str, Any]) -> None:
+    """S1-S3: SyncResourcePool and the floor measured in every row, with
+    ratios to SyncResourcePool; cachetools in the hit rows, measured or
+    skipped with the reason (never in churn: a cache does not churn)."""
+    for key in SYNC_GROUPS:
+        group = groups[key]
+        assert group["reference"] == "SyncResourcePool"
+        names = [f["name"] for f in group["figures"]]
+        wanted = ["SyncResourcePool", "floor"]
+        if key != "sync_churn":
+            wanted.append(SYNC_CACHE)
+        assert names == wanted, key
+        for figure in group["figures"]:
+            if figure["name"] == SYNC_CACHE and figure["skipped"]:
+                assert figure["skipped"].startswith("cachetools ")
+                assert not figure["samples"]
+                continue
+            assert not figure["skipped"] and figure["samples"], (key, figure)
+            assert figure["median"] > 0
+    assert "8 threads released at a barrier" in groups["sync_threads_keys"]["note"]
+    assert "8 threads released at a barrier" in groups["sync_threads_shared"]["note"]
 
 
 def _target_lines(stdout: str) -> list[tuple[str, str, str]]:
@@ -220,13 +256,13 @@ def test_the_chart_groups_rows_by_question_and_right_is_better(
 ) -> None:
     sections = smoke.document["chart"]
     # Panels in the order of QUESTIONS (one whose competitor is not
-    # installed may be missing); these four need nothing optional.
+    # installed may be missing); these five need nothing optional.
     asked = [
         next(i for i, q in enumerate(QUESTIONS) if s["question"].startswith(q))
         for s in sections
     ]
     assert asked == sorted(set(asked))
-    assert {1, 2, 3, 4} <= set(asked)
+    assert {1, 2, 3, 4, 5} <= set(asked)
     rows = [row for section in sections for row in section["rows"]]
     assert all(row["value"] > 0 for row in rows)
     # Every target with a value is drawn, with its line, on one bar that
@@ -251,6 +287,7 @@ def test_the_chart_groups_rows_by_question_and_right_is_better(
         pytest.param("uvloop", "uvloop", (3, 10), id="uvloop"),
         pytest.param("anyio", "anyio.from_thread", (3, 10), id="anyio"),
         pytest.param("asgiref", "asgiref.sync", (3, 10), id="asgiref"),
+        pytest.param("cachetools", "cachetools", (3, 10), id="cachetools"),
     ],
 )
 def test_smoke_run_measures_each_installed_competitor(
@@ -315,6 +352,32 @@ def test_only_policies_measures_the_lifecycle_options_alone(tmp_path: Path) -> N
         t["status"] == "n/a"
         for t in run.document["targets"]
         if t["num"][0] != "policy_hit"
+    )
+
+
+def test_only_sync_measures_the_sync_pool_alone(tmp_path: Path) -> None:
+    """``--only sync``: S1-S3 and their targets, nothing else; without
+    cachetools its column says skipped, and the targets (all against the
+    floor) are still measured."""
+    run = _run(tmp_path, "--only", "sync", "--without", "cachetools")
+    groups = _groups(run.document)
+    assert list(groups) == SYNC_GROUPS
+    _assert_sync_groups(groups)
+    for key in SYNC_GROUPS[:3]:
+        cache = next(f for f in groups[key]["figures"] if f["name"] == SYNC_CACHE)
+        assert cache["skipped"] == "cachetools skipped (--without cachetools)"
+    assert "skipped: cachetools skipped (--without cachetools)" in run.stdout
+    statuses = {
+        t["target"]: t["status"]
+        for t in run.document["targets"]
+        if t["num"][0] in SYNC_GROUPS
+    }
+    assert len(statuses) == 4
+    assert set(statuses.values()) <= {"PASS", "MISS"}
+    assert all(
+        t["status"] == "n/a"
+        for t in run.document["targets"]
+        if t["num"][0] not in SYNC_GROUPS
     )
 
 
