@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from ttlpool._aio import is_awaitable
 from ttlpool._core import ARM, EVICTED, FINALIZE, Creation, Entry, Ledger
-from ttlpool._jobs import FinalizationTask, RemoveHook, Settings
+from ttlpool._jobs import INSIDE, FinalizationTask, RemoveHook, Settings, cycle_message
 from ttlpool.stats import RemovalCause
 
 __all__ = ["Driver", "factory_failed", "not_sync"]
@@ -162,6 +162,22 @@ class Driver(Generic[K, T]):
             action = self.ledger.created(creation, resource, self.now())[1]
         self._wake(creation)
         return action
+
+    def joining(self, creation: Creation[K, T]) -> None:
+        """A waiter is about to wait for ``creation``: if the calling code
+        runs inside of it, that is a cycle (``RuntimeError``; the waiter is
+        withdrawn)."""
+        inside = INSIDE.get()
+        if creation in inside:
+            self.ledger.withdraw(creation)
+            raise RuntimeError(cycle_message(creation, inside))
+
+    def gave_up(self, creation: Creation[K, T]) -> None:
+        """A waiter stopped waiting (cancelled, interrupted): withdrawn, or,
+        if the creation ended meanwhile, its reference released."""
+        counted = self.ledger.withdraw(creation)
+        if counted is not None:
+            self.release_soon(counted)
 
     # -- release and finalization ------------------------------------------------
 

@@ -38,7 +38,6 @@ from ttlpool._driver import factory_failed
 from ttlpool._finalizer import Finalizer
 from ttlpool._handover import Mailbox, Owner
 from ttlpool._jobs import (
-    INSIDE,
     CreationJob,
     CreationLost,
     Finalization,
@@ -46,7 +45,6 @@ from ttlpool._jobs import (
     InsideOf,
     Job,
     Settings,
-    cycle_message,
     enter,
     forget_task,
     inside_of,
@@ -197,20 +195,14 @@ class Partition(Finalizer[K, T]):
         A cancelled waiter leaves no reference behind. Joining a creation
         that the calling code runs inside of is a cycle: ``RuntimeError``.
         """
-        ledger = self.ledger
-        inside = INSIDE.get()
-        if creation in inside:
-            ledger.withdraw(creation)
-            raise RuntimeError(cycle_message(creation, inside))
+        self.joining(creation)
         if not creation.done:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if ledger.listen(creation, waiter):
+            if self.ledger.listen(creation, waiter):
                 try:
                     await waiter
                 except asyncio.CancelledError:
-                    counted = ledger.withdraw(creation)
-                    if counted is not None:  # it ended as we were cancelled
-                        self.release_soon(counted)
+                    self.gave_up(creation)
                     raise
         if isinstance(creation.error, CreationLost):
             return None

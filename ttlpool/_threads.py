@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from ttlpool._core import Creation, Entry, Ledger
 from ttlpool._driver import not_sync
 from ttlpool._entries import Entries
-from ttlpool._jobs import INSIDE, FinalizationTask, InsideOf, Settings, cycle_message
+from ttlpool._jobs import INSIDE, FinalizationTask, InsideOf, Settings
 from ttlpool._locked_ledger import LockedLedger
 from ttlpool._reaper import Reaper
 from ttlpool.errors import PoolClosedError
@@ -159,27 +159,31 @@ class ThreadDriver(Reaper[K, T]):
                 raise PoolClosedError(f"{operation}({key!r}): the pool is closed")
             found, started = _lookup(ledger, key, False, self.now())
             victims = _take_victims(ledger) if ledger.victims else None
-        if victims:  # idle entries past their lifetime, seen by the lookup
-            self._finalize_after(victims, found)
+        if not victims:
+            return self._entry_of(found, started)
+        # Idle entries past their lifetime, seen by the lookup: finalized
+        # once this acquire ended, however it ended.
+        entry = None
+        try:
+            entry = self._entry_of(found, started)
+            return entry
+        finally:
+            try:
+                self.finalize(victims)
+            except BaseException:
+                if entry is not None:  # (the caller gets the exception)
+                    self.release_soon(entry)
+                raise
+
+    def _entry_of(
+        self, found: Entry[K, T] | Creation[K, T], started: bool
+    ) -> Entry[K, T]:
         if isinstance(found, Entry):
             return found
         if started:
             found.owner = self
             self.create(found)
         return self.wait(found)
-
-    def _finalize_after(
-        self, victims: list[Entry[K, T]], found: Entry[K, T] | Creation[K, T]
-    ) -> None:
-        """Finalize what a lookup retired; if that raises, give up ``found``."""
-        try:
-            self.finalize(victims)
-        except BaseException:
-            if isinstance(found, Entry):
-                self.release_soon(found)
-            else:
-                self.ledger.withdraw(found)
-            raise
 
     def create(self, creation: Creation[K, T]) -> None:
         token = INSIDE.set((*INSIDE.get(), creation))
@@ -192,20 +196,14 @@ class ThreadDriver(Reaper[K, T]):
         """Block, as a counted waiter, until ``creation`` ends; its entry
         (with this waiter's reference) or its error. Interrupted (a
         ``KeyboardInterrupt``), it leaves no reference behind."""
-        ledger = self.ledger
-        inside = INSIDE.get()
-        if creation in inside:
-            ledger.withdraw(creation)
-            raise RuntimeError(cycle_message(creation, inside))
+        self.joining(creation)
         if not creation.done:
             event = threading.Event()
-            if ledger.listen(creation, event):
+            if self.ledger.listen(creation, event):
                 try:
                     event.wait()
                 except BaseException:
-                    counted = ledger.withdraw(creation)
-                    if counted is not None:  # it ended as we were interrupted
-                        self.release_soon(counted)
+                    self.gave_up(creation)
                     raise
         if creation.error is not None:
             raise creation.error
