@@ -189,8 +189,10 @@ class SyncResourcePool(Generic[K, T]):
     ``max_idle``, ``clear`` or ``close``), then a daemon thread of the pool,
     ``ttlpool-reaper-<name>``, finalizes it. That thread exists only while
     something is idle (or a lease is watched, with ``leak_timeout``): a
-    pool with nothing idle has no thread. It finalizes one entry after
-    another: a slow finalizer delays only the entries behind it.
+    pool with nothing idle has no thread (it ends at its next wake-up that
+    finds nothing due: ``expire``, ``clear`` and ``close`` wake it; a hit
+    touches no timer). It finalizes one entry after another: a slow
+    finalizer delays only the entries behind it.
 
     ``max_idle``, ``on_error``, ``clock``, ``validate``, ``max_lifetime``,
     ``on_remove`` and ``leak_timeout`` are :class:`~ttlpool.ResourcePool`'s,
