@@ -637,7 +637,7 @@ def test_forked_child_starts_with_an_empty_pool_and_never_finalizes_parents() ->
         loop.close()
 
 
-# -- regressions, and bugs found by this module (xfail: see each reason) ----------
+# -- regressions: bugs this module found, each kept as a test ---------------------
 
 
 def test_shared_mode_first_miss_does_not_deadlock() -> None:
